@@ -28,7 +28,7 @@ VERBS: tuple[str, ...] = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nodemesh",
-        description="A sidecarless service mesh: kernel L4 and HBONE node-proxy data paths, one policy engine.",
+        description="A sidecarless service mesh: kernel L4 and HBONE data paths, one policy engine.",
     )
     parser.add_argument("--version", action="version", version=f"nodemesh {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")

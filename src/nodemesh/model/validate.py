@@ -37,9 +37,7 @@ def _model_at(model: type[BaseModel], path: Sequence[str | int]) -> type[BaseMod
             continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
-        field = next(
-            (f for name, f in current.model_fields.items() if (f.alias or name) == part or name == part), None
-        )
+        field = next((f for name, f in current.model_fields.items() if part in (f.alias or name, name)), None)
         if field is None:
             return None
         current = field.annotation
@@ -79,7 +77,9 @@ def _clean_loc(loc: tuple[str | int, ...]) -> FieldPath:
     return tuple(out)
 
 
-def _problems_from(exc: pydantic.ValidationError, raw: RawDocument, model: type[Document]) -> list[ManifestProblem]:
+def _problems_from(
+    exc: pydantic.ValidationError, raw: RawDocument, model: type[Document]
+) -> list[ManifestProblem]:
     out: list[ManifestProblem] = []
     seen: set[tuple[FieldPath, str]] = set()
     for err in exc.errors():
@@ -127,13 +127,17 @@ def parse_documents(raws: Iterable[RawDocument]) -> list[Document]:
             known = sorted({k for _, k in KINDS})
             close = difflib.get_close_matches(kind, known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "known kinds: " + ", ".join(known)
-            problems.append(raw.location.problem(("kind",), f"unknown kind {kind!r} in {api_version!r}", hint))
+            problems.append(
+                raw.location.problem(("kind",), f"unknown kind {kind!r} in {api_version!r}", hint)
+            )
             continue
         versions, model = entry
         if version not in versions:
             accepted = ", ".join(f"{group + '/' if group else ''}{v}" for v in versions)
             problems.append(
-                raw.location.problem(("apiVersion",), f"{kind} is not served as {api_version!r}", f"use {accepted}")
+                raw.location.problem(
+                    ("apiVersion",), f"{kind} is not served as {api_version!r}", f"use {accepted}"
+                )
             )
             continue
         try:

@@ -177,9 +177,7 @@ class World:
         pod_mode = workload.labels.get(DATAPLANE_MODE)
         if workload.host_network or pod_mode == "none" or ns_mode == "none":
             return False
-        if self.mode == "none":
-            return False
-        return True
+        return self.mode != "none"
 
     def principal(self, workload: Workload) -> str:
         return f"{self.trust_domain}/ns/{workload.namespace}/sa/{workload.service_account}"
@@ -222,7 +220,9 @@ class World:
         """The waypoint for traffic addressed to the pod itself (waypoint-for workload|all)."""
         return self._waypoint_from(workload.labels, workload.namespace, ("workload", "all"))
 
-    def _waypoint_from(self, labels: Mapping[str, str], namespace: str, kinds: Iterable[str]) -> Waypoint | None:
+    def _waypoint_from(
+        self, labels: Mapping[str, str], namespace: str, kinds: Iterable[str]
+    ) -> Waypoint | None:
         ns_labels = self.namespace_labels(namespace)
         for source in (labels, ns_labels):
             name = source.get(USE_WAYPOINT)
@@ -324,7 +324,9 @@ def _deployment_workloads(dep: Deployment, ips: Mapping[str, str] | None) -> lis
 
 def _service_info(svc: Service) -> ServiceInfo:
     ports = tuple(
-        ServicePortInfo(p.name, p.port, p.target_port if p.target_port is not None else p.port, Protocol(p.protocol))
+        ServicePortInfo(
+            p.name, p.port, p.target_port if p.target_port is not None else p.port, Protocol(p.protocol)
+        )
         for p in svc.spec.ports
     )
     ip = svc.spec.cluster_ip if svc.spec.cluster_ip not in (None, "", "None") else None

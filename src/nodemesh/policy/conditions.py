@@ -57,7 +57,9 @@ class PortCondition:
         if self.protocols is not None and ctx.protocol not in self.protocols:
             return False
         if self.name is not None:
-            return any(ctx.dst.named_port(self.name, proto) == ctx.port for proto in (self.protocols or Protocol))
+            return any(
+                ctx.dst.named_port(self.name, proto) == ctx.port for proto in (self.protocols or Protocol)
+            )
         if self.port is None:
             return True
         if self.end_port is not None:
@@ -133,7 +135,7 @@ class StringMatch:
         p = self.pattern.lower() if self.ignore_case else self.pattern
         fold = str.lower if self.ignore_case else (lambda s: s)
         if p == "*":
-            return lambda v: bool(v)
+            return bool
         if p.endswith("*"):
             head = p[:-1]
             return lambda v: fold(v).startswith(head)

@@ -46,7 +46,8 @@ class Decision:
 
     `status` is what an HTTP client sees for an L7 deny (403 Cilium/waypoint RBAC, 401 for a
     request with an invalid JWT); `redirect` marks an L4 allow that still needs the L7 rules of
-    the same policy checked by a proxy that sees the request (Cilium's REDIRECTED); `notes` carry what the user should know even on allow
+    the same policy checked by a proxy that sees the request (Cilium's REDIRECTED); `notes` carry
+    what the user should know even on allow
     (dry-run would-deny, AUDIT matches, L7 fields dropped at the node proxy).
     """
 

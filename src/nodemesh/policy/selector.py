@@ -8,7 +8,7 @@ Rules (k8s.io/apimachinery `labels.Selector`, LabelSelectorAsSelector):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -53,16 +53,16 @@ class _RequirementModel(Protocol):
     @property
     def operator(self) -> str: ...
     @property
-    def values(self) -> list[str]: ...
+    def values(self) -> Sequence[str]: ...
 
 
 class SelectorModel(Protocol):
     """What a parsed manifest selector looks like (schema.base.LabelSelectorModel)."""
 
     @property
-    def match_labels(self) -> dict[str, str]: ...
+    def match_labels(self) -> Mapping[str, str]: ...
     @property
-    def match_expressions(self) -> list[_RequirementModel]: ...  # type: ignore[override]
+    def match_expressions(self) -> Sequence[_RequirementModel]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +78,9 @@ class LabelSelector:
     @classmethod
     def from_model(cls, model: SelectorModel) -> LabelSelector:
         reqs = [Requirement(k, Operator.IN, frozenset({v})) for k, v in sorted(model.match_labels.items())]
-        reqs += [Requirement(e.key, Operator(e.operator), frozenset(e.values)) for e in model.match_expressions]
+        reqs += [
+            Requirement(e.key, Operator(e.operator), frozenset(e.values)) for e in model.match_expressions
+        ]
         return cls(tuple(reqs))
 
     @property

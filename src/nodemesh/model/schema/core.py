@@ -171,7 +171,10 @@ class Deployment(Document):
         labels = self.spec.template.metadata.labels if self.spec.template.metadata else {}
         if not out and not LabelSelector.from_model(self.spec.selector).matches(labels):
             out.append(
-                (("spec", "selector"), "selector does not match the template labels (Kubernetes rejects this)")
+                (
+                    ("spec", "selector"),
+                    "selector does not match the template labels (Kubernetes rejects this)",
+                )
             )
         return out + _container_problems(self.spec.template.spec, ("spec", "template", "spec"))
 
@@ -183,7 +186,9 @@ def _container_problems(spec: PodSpec, at: tuple[str, ...]) -> list[Problem]:
         for pi, port in enumerate(container.ports):
             if port.name is not None:
                 if port.name in seen:
-                    out.append(((*at, "containers", ci, "ports", pi, "name"), f"duplicate port name {port.name!r}"))
+                    out.append(
+                        ((*at, "containers", ci, "ports", pi, "name"), f"duplicate port name {port.name!r}")
+                    )
                 seen[port.name] = port.container_port
     return out
 
@@ -246,7 +251,7 @@ class ClusterSpec(Spec):
 class Cluster(Document):
     api_version: Literal["nodemesh.io/v1alpha1"]
     kind: Literal["Cluster"]
-    spec: ClusterSpec = Field(default_factory=lambda: ClusterSpec())
+    spec: ClusterSpec = Field(default_factory=ClusterSpec)
     namespaced: ClassVar[bool] = False
 
     def semantic_problems(self) -> list[Problem]:
