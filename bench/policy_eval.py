@@ -9,9 +9,11 @@ roughly half are allowed.
 Measured, one core, in this process:
 - validate: parsing + schema validation of every document (pydantic), for reference;
 - compile:  PolicyEngine(world): the three APIs into the IR;
-- L4 (cold): first decision for each flow (per-endpoint caches empty);
-- L4 (warm): the same flows again: the steady state of a node proxy;
-- trace:    full decisions at every enforcement point (source egress + destination), ambient.
+- L4 cold:  source egress + destination verdicts for each flow, first time (caches empty);
+- L4 warm:  the same flows again: the steady state of a node proxy (verdicts cached per
+            (source, destination, port), as Cilium's policy map);
+- per-API:  the three APIs' own L4 evaluations at the destination, uncached at engine level;
+- L7 trace: full traces of an HTTP request (every point, with L7), ambient mode.
 
 Run: .venv/bin/python bench/policy_eval.py [--sizes 1,1000,10000] [--flows 20000]
 """
@@ -27,7 +29,7 @@ from nodemesh.model.loader import RawDocument, SourceLocation
 from nodemesh.model.validate import parse_documents
 from nodemesh.model.world import Workload, World
 from nodemesh.policy.engine import PolicyEngine, Route
-from nodemesh.policy.flow import FlowContext
+from nodemesh.policy.flow import FlowContext, HttpRequest
 from nodemesh.policy.ir import Direction
 from nodemesh.policy.istio import IstioView
 
@@ -62,10 +64,13 @@ def _documents(policies: int) -> Iterator[dict[str, object]]:
     rng = random.Random(7)
     for i in range(policies):
         ns = f"ns{i // PER_NS}"
-        target = f"a{rng.randrange(APPS)}"
-        peers = [f"a{rng.randrange(APPS)}" for _ in range(2)]
+        # Each app is governed by one API (a0-a2 NetworkPolicy, a3-a5 Cilium, a6-a9 Istio), so a
+        # flow's verdict is that API's, and about half the flows are allowed.
+        app = rng.randrange(APPS)
+        kind = 0 if app < 3 else 1 if app < 6 else 2
+        target = f"a{app}"
+        peers = [f"a{rng.randrange(APPS)}" for _ in range(3)]
         port = rng.choice([8080, 8081, 9090])
-        kind = i % 3
         if kind == 0:
             yield {
                 "apiVersion": "networking.k8s.io/v1",
@@ -157,6 +162,13 @@ def run(size: int, flows_n: int) -> dict[str, float]:
     flows = _flows(world, flows_n)
 
     def l4(ctx: FlowContext, route: Route) -> bool:
+        # what a node proxy asks per new connection: source egress, then destination ingress
+        return (
+            engine.source_egress(ctx, route).decision.allowed
+            and engine.destination(ctx, route).decision.allowed
+        )
+
+    def per_api(ctx: FlowContext, route: Route) -> bool:
         ok = True
         for d in (
             engine.kubernetes.evaluate(ctx, Direction.INGRESS),
@@ -169,7 +181,11 @@ def run(size: int, flows_n: int) -> dict[str, float]:
 
     cold, allowed = _rate(l4, flows)
     warm, _ = _rate(l4, flows)
-    tr, _ = _rate(lambda c, r: engine.trace(c, r).verdict.value == "ALLOW", flows)
+    apis, _ = _rate(per_api, flows)
+    requests = [
+        (FlowContext(c.src, c.dst, c.port, c.protocol, HttpRequest("GET", "/api/v1/x")), r) for c, r in flows
+    ]
+    l7, _ = _rate(lambda c, r: engine.trace(c, r).verdict.value == "ALLOW", requests)
     return {
         "policies": size,
         "validate_s": t1 - t0,
@@ -177,7 +193,8 @@ def run(size: int, flows_n: int) -> dict[str, float]:
         "compile_s": t3 - t2,
         "l4_cold": cold,
         "l4_warm": warm,
-        "trace": tr,
+        "per_api": apis,
+        "l7_trace": l7,
         "allowed": allowed / len(flows),
     }
 
@@ -188,13 +205,14 @@ def main() -> None:
     parser.add_argument("--flows", type=int, default=20000)
     args = parser.parse_args()
     print(
-        f"{'policies':>8} {'validate s':>10} {'compile s':>9} {'L4 cold/s':>10} {'L4 warm/s':>10} {'trace/s':>9} {'allowed':>7}"
+        f"{'policies':>8} {'validate s':>10} {'compile s':>9} {'L4 cold/s':>10} {'L4 warm/s':>10} "
+        f"{'per-API/s':>10} {'L7 trace/s':>10} {'allowed':>7}"
     )
     for size in (int(s) for s in args.sizes.split(",")):
         r = run(size, args.flows)
         print(
             f"{r['policies']:>8} {r['validate_s']:>10.2f} {r['compile_s']:>9.3f} {r['l4_cold']:>10,.0f} "
-            f"{r['l4_warm']:>10,.0f} {r['trace']:>9,.0f} {r['allowed']:>7.0%}"
+            f"{r['l4_warm']:>10,.0f} {r['per_api']:>10,.0f} {r['l7_trace']:>10,.0f} {r['allowed']:>7.0%}"
         )
 
 

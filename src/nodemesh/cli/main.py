@@ -22,6 +22,12 @@ __all__ = ["VERBS", "build_parser", "main"]
 VERBS: tuple[str, ...] = (
     "nodemesh.cli.trace",
     "nodemesh.cli.analyze",
+    "nodemesh.cli.up",
+    "nodemesh.cli.status",
+    "nodemesh.cli.exec",
+    "nodemesh.cli.logs",
+    "nodemesh.cli.down",
+    "nodemesh.cli.echo",
 )
 
 

@@ -3,7 +3,8 @@
 - `PortCondition`: destination port / range / named port, with protocol (K8s, Cilium, Istio).
 - `CidrCondition`: the peer's (or the destination's) IP in CIDRs minus excepts (K8s ipBlock,
   Cilium fromCIDR/fromCIDRSet/toCIDR, Istio ipBlocks and destination.ip).
-- `StringMatch`: Istio's exact / `prefix*` / `*suffix` / `*` (presence) string match.
+- `StringMatch`: Istio's exact / `prefix*` / `*suffix` / `*` (presence) string match, with a
+  leading `*` checked before a trailing one (`*a*` is a suffix match on `a*`).
 
 Named ports resolve against the DESTINATION endpoint's container ports, as both Kubernetes
 ("named port ... on the destination pod") and Cilium (`l4.go`, "resolves against the destination
@@ -125,7 +126,11 @@ class CidrCondition:
 class StringMatch:
     """Istio string match: `abc` exact, `abc*` prefix, `*abc` suffix, `*` presence (non-empty).
 
-    Only a leading or trailing `*` is special (API `Rule` doc). `ignore_case` serves `hosts`.
+    Only a leading or trailing `*` is special (API `Rule` doc). The order is Istio's
+    (`pilot/pkg/security/authz/matcher/string.go` `StringMatcherWithPrefix`, and likewise its
+    `HeaderMatcher`, `HostMatcher` and ambient `stringToMatch`): `*` alone first, then
+    `HasPrefix(v, "*")` (a suffix match), then `HasSuffix(v, "*")` (a prefix match), else exact;
+    so `*a*` is a suffix match on `a*`. `ignore_case` serves `hosts`.
     """
 
     pattern: str
@@ -136,12 +141,12 @@ class StringMatch:
         fold = str.lower if self.ignore_case else (lambda s: s)
         if p == "*":
             return bool
-        if p.endswith("*"):
-            head = p[:-1]
-            return lambda v: fold(v).startswith(head)
         if p.startswith("*"):
             tail = p[1:]
             return lambda v: fold(v).endswith(tail)
+        if p.endswith("*"):
+            head = p[:-1]
+            return lambda v: fold(v).startswith(head)
         return lambda v: fold(v) == p
 
     def matches(self, value: str | None) -> bool:

@@ -42,6 +42,7 @@ class Endpoint:
     set only when the connection is mTLS with a verified certificate; plaintext has None.
     `entities` are the Cilium reserved entities the endpoint belongs to (`world`, `host`,
     `remote-node`, `cluster`, ...): a pod is in `cluster`, an outside address in `world`.
+    `key` is a cheap hashable identity for caches (derived; never compared).
     """
 
     ip: IPAddress | None = None
@@ -56,6 +57,13 @@ class Endpoint:
     entities: frozenset[str] = frozenset({"world"})
     ports: tuple[NamedPort, ...] = ()
     node: str | None = None
+    key: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        # A cheap, hashable identity for caches keyed by flow: `ns/pod|principal`, or the IP.
+        if not self.key:
+            key = f"{self.namespace}/{self.pod}|{self.principal or ''}" if self.pod else str(self.ip)
+            object.__setattr__(self, "key", key)
 
     @property
     def is_pod(self) -> bool:

@@ -1,0 +1,3 @@
+"""Applications nodemesh ships so a fresh machine can run a cluster without images."""
+
+__all__: list[str] = []

@@ -1,0 +1,302 @@
+"""The supervisor: the process that owns a cluster's namespaces, so cleanup is true by construction.
+
+`python -m nodemesh.runtime.supervisor STATE_DIR --progress-fd N` is started detached by `up`.
+It is two processes (ztunnel's namespaced test harness, applied to a long-running cluster):
+
+- the *keeper* (host PID namespace) unshares a PID namespace and forks the init; it forwards
+  SIGTERM/SIGINT to it, and when the init ends, however it ends, reports the exit on the
+  progress pipe and deletes the state directory;
+- the *init* is PID 1 of that new PID namespace and unshares a private mount, network and UTS
+  namespace. It builds the whole cluster inside (the underlay bridge lives in its network
+  namespace, node and pod namespaces are bind mounts on a tmpfs only its mount namespace sees),
+  serves the cluster DNS, starts the workloads and reaps them.
+
+Why this shape: when PID 1 of a PID namespace exits, the kernel kills every other process in
+it; when the last process of the sandbox is gone, its mount namespace goes, taking the netns bind
+mounts with it, and with them every node and pod namespace, veth, route and nftables table. The
+host's `ip netns list`, `ip link` and `nft list ruleset` never see any of it. `down` is SIGTERM
+(workloads get SIGTERM, then SIGKILL after a grace period); `kill -9` of either process is the
+same teardown without the grace (the init has PR_SET_PDEATHSIG=SIGKILL on the keeper). No user
+namespace: the runtime requires root, and a user namespace would add nothing to the cleanup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from nodemesh.model.validate import load_documents
+from nodemesh.model.world import World
+from nodemesh.runtime import dns, netns
+from nodemesh.runtime.sandbox import build_network, write_pod_files
+from nodemesh.runtime.state import ClusterDir, ClusterStatus, Options, PodStatus, ServiceStatus
+from nodemesh.runtime.topology import ClusterPlan, plan_cluster
+from nodemesh.runtime.workloads import Workloads
+
+__all__ = ["Progress", "load_plan", "main"]
+
+log = logging.getLogger(__name__)
+GRACE_SECONDS = 3.0
+
+
+class Progress:
+    """JSON lines to `up` on the inherited pipe; silent once `up` has gone away."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    def emit(self, event: str, **fields: object) -> None:
+        if self._fd is None:
+            return
+        line = json.dumps({"event": event, **fields}) + "\n"
+        try:
+            os.write(self._fd, line.encode())
+        except OSError:
+            self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
+def load_plan(state: ClusterDir) -> tuple[World, ClusterPlan]:
+    """The world and plan of a cluster, recomputed from its manifest snapshot (deterministic)."""
+    options = Options.from_json(state.options.read_text())
+    docs = load_documents([str(state.manifests)])
+    world = World.build(docs)
+    plan = plan_cluster(world, name=options.name, nodes=options.nodes)
+    world = World.build(docs, ips=plan.ips())
+    world.cluster_name = plan.name
+    world.mode_override = plan.mode
+    return world, plan
+
+
+# ---- keeper (host PID namespace) ----------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nodemesh-supervisor")
+    parser.add_argument("state_dir")
+    parser.add_argument("--progress-fd", type=int, default=None)
+    args = parser.parse_args(argv)
+    state = ClusterDir(Path(args.state_dir))
+    progress = Progress(args.progress_fd)
+    keeper = os.getpid()
+    netns.unshare(netns.CLONE_NEWPID)
+    child = os.fork()
+    if child == 0:
+        code = 1
+        try:
+            code = _init(state, progress)
+        except BaseException:
+            traceback.print_exc()
+            sys.stderr.flush()
+        os._exit(code)
+    state.keeper_pid.write_text(str(keeper))
+    state.supervisor_pid.write_text(str(child))
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGTERM)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    tail = ""
+    with contextlib.suppress(OSError):
+        tail = state.supervisor_log.read_text()[-4000:]
+    progress.emit("exited", code=code, log=tail)
+    progress.close()
+    state.remove()
+    return 0 if code in (0, -signal.SIGTERM) else 1
+
+
+# ---- init (PID 1 of the sandbox) ------------------------------------------------------------
+
+
+def _init(state: ClusterDir, progress: Progress) -> int:
+    # If the keeper dies, so does the sandbox. (getppid() is 0 in a new PID namespace, so the
+    # window between fork and this call cannot be checked; it is a few instructions long.)
+    netns.set_parent_death_signal(signal.SIGKILL)
+    netns.unshare(netns.CLONE_NEWNS | netns.CLONE_NEWNET | netns.CLONE_NEWUTS)
+    netns.make_mounts_private()
+    netns.mount("proc", "/proc", "proc", netns.MS_NOSUID | netns.MS_NODEV | netns.MS_NOEXEC)
+    state.netns.mkdir(exist_ok=True)
+    netns.mount("tmpfs", str(state.netns), "tmpfs", 0, "mode=0700,size=1m")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    started = time.monotonic()
+    try:
+        plan = load_plan(state)[1]
+        socket.sethostname(plan.name)
+        progress.emit("planned", nodes=len(plan.nodes), pods=len(plan.pods), services=len(plan.services))
+        build_network(plan, state, lambda text: progress.emit("network", message=text))
+        pod_files = write_pod_files(plan, state)
+    except Exception as exc:
+        log.exception("building the cluster failed")
+        progress.emit("error", message=str(exc))
+        return 1
+    return asyncio.run(Supervisor(plan, state, progress, pod_files, started).run())
+
+
+class Supervisor:
+    """The running cluster: DNS, workloads, status file, shutdown."""
+
+    def __init__(
+        self,
+        plan: ClusterPlan,
+        state: ClusterDir,
+        progress: Progress,
+        pod_files: dict[str, dict[str, str]],
+        started: float,
+    ) -> None:
+        self.plan = plan
+        self.state = state
+        self.progress = progress
+        self.workloads = Workloads(plan, state, pod_files)
+        self.started = started
+        self.phase = "Building"
+        self.stop = asyncio.Event()
+        self.dns_ready = False
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGCHLD, self._reap)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self.stop.set)
+        dns_server = await self._start_dns()
+        self.workloads.start_all()
+        self._reap()
+        self.progress.emit("started", pods=[p.key for p in self.plan.pods if not p.system])
+        self._write_status()
+        watcher = asyncio.create_task(self._watch(), name="status-watcher")
+        probes = asyncio.create_task(self.workloads.probe_until_ready(), name="readiness-probes")
+        await self.stop.wait()
+        self.phase = "Stopping"
+        self._write_status()
+        for task in (watcher, probes):
+            task.cancel()
+        await asyncio.gather(watcher, probes, return_exceptions=True)
+        dns_server.close()
+        await self._stop_workloads()
+        return 0
+
+    async def _start_dns(self) -> asyncio.Server:
+        pod = next(p for p in self.plan.pods if p.system)
+        path = str(self.state.netns / pod.netns)
+
+        def sockets() -> tuple[socket.socket, socket.socket]:
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            udp.bind(("0.0.0.0", 53))
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.bind(("0.0.0.0", 53))
+            tcp.listen(64)
+            return udp, tcp
+
+        udp, tcp = netns.in_netns(path, sockets)
+        udp.setblocking(False)
+        tcp.setblocking(False)
+        server = await dns.serve(dns.DnsResolver.for_plan(self.plan), udp, tcp)
+        self.dns_ready = True
+        return server
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.workloads.reaped(pid, status)
+
+    async def _watch(self) -> None:
+        announced: dict[str, tuple[str, bool]] = {}
+        while True:
+            await self.workloads.changed.wait()
+            self.workloads.changed.clear()
+            statuses = self.workloads.statuses()
+            for pod in statuses:
+                now = (pod.phase, pod.ready)
+                if announced.get(pod.key) != now:
+                    announced[pod.key] = now
+                    codes = [c.exit_code for c in pod.containers if c.exit_code is not None]
+                    self.progress.emit(
+                        "pod",
+                        pod=pod.key,
+                        node=pod.node,
+                        ip=pod.ip,
+                        phase=pod.phase,
+                        ready=pod.ready,
+                        exit_codes=codes,
+                    )
+            if self.phase == "Building" and self.workloads.settled():
+                self.phase = "Ready"
+                self._write_status()
+                self.progress.emit("ready", seconds=round(time.monotonic() - self.started, 3))
+                self.progress.close()
+            else:
+                self._write_status()
+
+    def _write_status(self) -> None:
+        dns_pod = next(p for p in self.plan.pods if p.system)
+        system = PodStatus(
+            dns_pod.namespace,
+            dns_pod.name,
+            dns_pod.node,
+            str(dns_pod.ip),
+            "Running" if self.dns_ready else "Pending",
+            self.dns_ready,
+            system=True,
+        )
+        services = tuple(
+            ServiceStatus(
+                s.namespace,
+                s.name,
+                str(s.cluster_ip),
+                tuple(f"{p.name + ':' if p.name else ''}{p.port}/{p.protocol.value}" for p in s.ports),
+                tuple(sorted({f"{e.ip}:{e.port}" for p in s.ports for e in p.endpoints})),
+            )
+            for s in self.plan.services
+        )
+        self.state.write_status(
+            ClusterStatus(
+                self.plan.name,
+                self.plan.mode,
+                self.phase,
+                tuple((n.name, str(n.ip), str(n.pod_cidr)) for n in self.plan.nodes),
+                (system, *self.workloads.statuses()),
+                services,
+                self.plan.warnings,
+            )
+        )
+
+    async def _stop_workloads(self) -> None:
+        """SIGTERM, then SIGKILL whatever still runs after the grace period."""
+        self.workloads.signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_SECONDS
+        while self.workloads.running_pids() and time.monotonic() < deadline:
+            self.workloads.changed.clear()
+            try:
+                await asyncio.wait_for(self.workloads.changed.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                break
+        self.workloads.signal_all(signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
