@@ -241,3 +241,12 @@ spec: {mtls: {mode: STRICT}}
     assert t.ctx.src.principal is None
     assert t.verdict is Verdict.DENY
     assert t.decision.drop_reason is DropReason.UNENCRYPTED
+
+
+def test_an_address_outside_the_cluster_has_no_source_point_and_no_identity(shop: World) -> None:
+    """Cilium: CIDR/world peers carry the `world` identity; egress policy applies only to
+    endpoints (pods), so a flow from outside starts at the destination."""
+    t = _trace(shop, "ambient", src="203.0.113.9", dst="shop/orders", port=8080)
+    assert [p.point for p in t.points] == [Point.DESTINATION]
+    assert t.ctx.src.principal is None and "world" in t.ctx.src.entities
+    assert t.verdict is Verdict.DENY and t.decision.api is Api.CILIUM

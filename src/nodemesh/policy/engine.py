@@ -325,7 +325,8 @@ class PolicyEngine:
         if self.mode is Mode.NONE:
             decision = Decision.allow("mode none: no data path enforces policy")
             return Trace(Verdict.ALLOW, decision, None, (), ctx, route, self.mode)
-        points = [self.source_egress(ctx, route)]
+        # Egress rules exist only for pods: an address outside the cluster has no source point.
+        points = [self.source_egress(ctx, route)] if ctx.src.is_pod else []
         if self.mode is Mode.AMBIENT and route.waypoint is not None:
             points.append(self.waypoint(ctx, route))
         points.append(self.destination(ctx, route))
