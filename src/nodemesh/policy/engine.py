@@ -160,29 +160,28 @@ class PolicyEngine:
         """Source egress: Kubernetes and Cilium egress rules of the source workload."""
         return self._cached(Point.SOURCE, ctx, route, lambda: self._source_egress(ctx, route))
 
-    def _source_egress(self, ctx: FlowContext, route: Route) -> PointDecision:
+    def _network_policies(self, ctx: FlowContext, route: Route, direction: Direction) -> list[Decision]:
+        """Kubernetes and Cilium L3/L4 verdicts for one direction (egress at the source, ingress
+        at the destination); a Cilium allow that carries HTTP rules is checked where it can be."""
         decisions: list[Decision] = []
-        notes: list[str] = []
-        k8s = self.kubernetes.evaluate(ctx, Direction.EGRESS)
+        k8s = self.kubernetes.evaluate(ctx, direction)
         if k8s is not None:
             decisions.append(k8s)
-        cil = self.cilium.evaluate_l4(ctx, Direction.EGRESS)
+        cil = self.cilium.evaluate_l4(ctx, direction)
         if cil is not None:
             if cil.allowed and cil.redirect:
-                cil = self._cilium_l7_here(ctx, Direction.EGRESS, cil, route, at_source=True)
+                cil = self._cilium_l7_here(ctx, direction, cil, route)
             decisions.append(cil)
+        return decisions
+
+    def _source_egress(self, ctx: FlowContext, route: Route) -> PointDecision:
+        decisions = self._network_policies(ctx, route, Direction.EGRESS)
         where = f"{ctx.src} egress" + (f" (node {ctx.src.node})" if ctx.src.node else "")
         return PointDecision(
-            Point.SOURCE,
-            where,
-            combine(decisions, "no egress policy selects the source"),
-            tuple(decisions),
-            tuple(notes),
+            Point.SOURCE, where, combine(decisions, "no egress policy selects the source"), tuple(decisions)
         )
 
-    def _cilium_l7_here(
-        self, ctx: FlowContext, direction: Direction, l4: Decision, route: Route, *, at_source: bool
-    ) -> Decision:
+    def _cilium_l7_here(self, ctx: FlowContext, direction: Direction, l4: Decision, route: Route) -> Decision:
         """A Cilium L4 allow that carries HTTP rules: check the request where a proxy sees it."""
         if self.mode is Mode.AMBIENT:
             if route.waypoint is None:
@@ -203,8 +202,9 @@ class PolicyEngine:
                 rule=l4.rule,
                 redirect=True,
             )
-        # kernel mode: the node's L7 proxy sees the request (source node for egress).
-        if not at_source:
+        # kernel mode: the node's L7 proxy sees the request. Egress rules are checked at the source
+        # node here; ingress ones at the destination's L7 proxy point (`l7_proxy`).
+        if direction is Direction.INGRESS:
             return l4
         return self._cilium_l7(ctx, direction, l4)
 
@@ -241,16 +241,8 @@ class PolicyEngine:
         return self._cached(Point.DESTINATION, ctx, route, lambda: self._destination(ctx, route))
 
     def _destination(self, ctx: FlowContext, route: Route) -> PointDecision:
-        decisions: list[Decision] = []
+        decisions = self._network_policies(ctx, route, Direction.INGRESS)
         notes: list[str] = []
-        k8s = self.kubernetes.evaluate(ctx, Direction.INGRESS)
-        if k8s is not None:
-            decisions.append(k8s)
-        cil = self.cilium.evaluate_l4(ctx, Direction.INGRESS)
-        if cil is not None:
-            if cil.allowed and cil.redirect:
-                cil = self._cilium_l7_here(ctx, Direction.INGRESS, cil, route, at_source=False)
-            decisions.append(cil)
         dst_in_mesh = route.dst_workload is not None and self.world.in_mesh(route.dst_workload)
         if dst_in_mesh:
             seen = ctx
