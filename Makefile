@@ -1,7 +1,7 @@
 # The two commands (see README.md):
 #   make demo  - set up, then show the shop example's allowed and denied flows
 #   make test  - install everything the tests need, then run lint, types and the whole suite
-.PHONY: demo test setup lint typecheck unit bench clean
+.PHONY: demo test setup lint typecheck unit bench clean protos
 
 PY := .venv/bin/python
 NM := .venv/bin/nodemesh
@@ -26,6 +26,10 @@ test: setup lint typecheck unit
 
 bench: setup
 	$(PY) bench/policy_eval.py
+
+# Regenerate src/nodemesh/protos/gen/ from src/nodemesh/protos/*.proto (needs the dev extra).
+protos: setup
+	$(PY) -m nodemesh.protos.generate
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

@@ -28,6 +28,10 @@ VERBS: tuple[str, ...] = (
     "nodemesh.cli.logs",
     "nodemesh.cli.down",
     "nodemesh.cli.echo",
+    "nodemesh.cli.controlplane",
+    "nodemesh.cli.apply",
+    "nodemesh.cli.get",
+    "nodemesh.cli.delete",
 )
 
 
