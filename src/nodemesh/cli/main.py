@@ -35,7 +35,14 @@ VERBS: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen_verb(argv: Sequence[str]) -> str | None:
+    """The verb on the command line (the first word that is not an option), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser. Only the chosen verb's module is imported (each verb's imports cost up to a
+    second of start-up: schemas, gRPC); `--help` and a missing verb import them all."""
     parser = argparse.ArgumentParser(
         prog="nodemesh",
         description="A sidecarless service mesh: kernel L4 and HBONE data paths, one policy engine.",
@@ -43,13 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nodemesh {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
-    for name in VERBS:
-        importlib.import_module(name).register(sub)
+    chosen = _chosen_verb(sys.argv[1:] if argv is None else argv)
+    names = [module.rsplit(".", 1)[1] for module in VERBS]
+    load_all = chosen not in names
+    for module, verb in zip(VERBS, names, strict=True):
+        if load_all or verb == chosen:
+            importlib.import_module(module).register(sub)
+        else:
+            sub.add_parser(verb)  # a placeholder: argparse only needs to know the verb exists
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
