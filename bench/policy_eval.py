@@ -163,10 +163,7 @@ def run(size: int, flows_n: int) -> dict[str, float]:
 
     def l4(ctx: FlowContext, route: Route) -> bool:
         # what a node proxy asks per new connection: source egress, then destination ingress
-        return (
-            engine.source_egress(ctx, route).decision.allowed
-            and engine.destination(ctx, route).decision.allowed
-        )
+        return engine.connection(ctx, route).allowed
 
     def per_api(ctx: FlowContext, route: Route) -> bool:
         ok = True
