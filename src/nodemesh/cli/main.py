@@ -32,6 +32,7 @@ VERBS: tuple[str, ...] = (
     "nodemesh.cli.apply",
     "nodemesh.cli.get",
     "nodemesh.cli.delete",
+    "nodemesh.cli.observe",
 )
 
 
