@@ -41,15 +41,33 @@ def _wait_gone(pid: int, timeout: float = 15) -> None:
         os.close(fd)
 
 
+def _commands(pids: list[int]) -> list[str]:
+    out = []
+    for pid in pids:
+        try:
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return out
+
+
 def test_down_leaves_the_host_exactly_as_before(tmp_path: Path) -> None:
+    """Also the cluster's control plane, its node agents and their state (store, CA, node
+    credentials, views): processes of the sandbox, files under the cluster's directory."""
     require_root()
     before = host_snapshot()
     name = unique_name("d")
     with running_cluster(_tiny(tmp_path), name) as c:
         assert c.up.returncode == 0, c.up.stderr
         state = ClusterDir.of(name)
+        status = c.status()
+        assert status["controlplane"]["phase"] == "Running"  # type: ignore[index]
+        assert [a["acked_version"] for a in status["agents"]] == ["1", "1"]  # type: ignore[attr-defined]
+        assert (state.controlplane / "store.db").exists() and (state.agent_dir("node-1") / "view.db").exists()
         members_ns = os.readlink(f"/proc/{state.alive_pid()}/ns/pid")
-        assert len(pid_namespace_members(members_ns)) >= 2
+        commands = _commands(pid_namespace_members(members_ns))
+        assert sum("controlplane serve" in cmd for cmd in commands) == 1
+        assert sum("nodemesh.runtime.nodeagent" in cmd for cmd in commands) == 2
         down = cli("down", "--name", name)
         assert down.returncode == 0 and "is down" in down.stdout
     assert host_snapshot() == before

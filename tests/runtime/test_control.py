@@ -124,3 +124,84 @@ def test_container_env_carries_the_pod_identity_and_its_own_env_wins() -> None:
     assert env["NODEMESH_POD_NAME"] == "orders-0" and env["NODEMESH_POD_NAMESPACE"] == "shop"
     assert env["NODEMESH_POD_IP"] == str(pod.ip) and env["HOSTNAME"] == "orders-0"
     assert "SECRET" not in env and env["PATH"].endswith("/usr/bin")
+
+
+def test_up_refuses_a_manifest_the_control_plane_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The cluster's control plane applies the manifests at start with Kubernetes' ServiceAccount
+    admission rule ("ensures the ServiceAccount referenced by the pod exists"): `up` checks it
+    while planning, so nothing is built."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: t}\n"
+        "spec:\n  serviceAccountName: ghost\n  containers: [{name: c, command: [sleep, '9']}]\n"
+    )
+    run_dir = tmp_path / "run"
+    assert main(["up", "-f", str(bad), "--name", "nmsa", "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:5" in err and 'serviceaccount "ghost" not found in namespace "t"' in err
+    assert not run_dir.exists()
+
+
+def test_up_checks_a_user_ca_before_building(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--ca-cert/--ca-key` go together and must be a CA whose key matches (issue: "a root CA
+    generated at `up` (or supplied by the user: `--ca-cert/--ca-key`)")."""
+    from datetime import UTC, datetime
+
+    from nodemesh.ca import RootCA
+
+    run_dir = tmp_path / "run"
+    base = ["up", "-f", SHOP, "--name", "nmca", "--run-dir", str(run_dir)]
+    ca, other = RootCA.generate("cluster.local", datetime.now(UTC)), RootCA.generate("x", datetime.now(UTC))
+    (tmp_path / "ca.crt").write_text(ca.cert_pem)
+    (tmp_path / "other.key").write_text(other.key_pem)
+    assert main([*base, "--ca-cert", str(tmp_path / "ca.crt")]) == 2
+    assert "--ca-cert and --ca-key go together" in capsys.readouterr().err
+    assert main([*base, "--ca-cert", str(tmp_path / "ca.crt"), "--ca-key", str(tmp_path / "other.key")]) == 2
+    assert "the CA key does not match the CA certificate" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+def _fake_cluster(run_dir: Path, name: str) -> subprocess.Popen[bytes]:
+    """A process whose command line looks like a cluster's supervisor (what `alive_pid` checks)."""
+    state = ClusterDir.of(name, str(run_dir))
+    state.root.mkdir(parents=True)
+    code = "import time; time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code, "nodemesh.runtime.supervisor", str(state.root)])
+    state.supervisor_pid.write_text(str(proc.pid))
+    return proc
+
+
+def test_apply_get_delete_find_the_running_clusters_control_plane(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without an address, the resource verbs talk to the running local cluster's control plane
+    (`<cluster>/controlplane/admin.sock`), found as `status` finds the cluster; with several
+    running they ask for `--cluster`; an explicit address or the environment wins."""
+    monkeypatch.delenv("NODEMESH_CONTROLPLANE", raising=False)
+    monkeypatch.delenv("NODEMESH_STATE_DIR", raising=False)
+    run = str(tmp_path)
+    first = _fake_cluster(tmp_path, "nmone")
+    try:
+        assert main(["get", "pods", "--run-dir", run]) == 3
+        assert f"{tmp_path}/nmone/controlplane/admin.sock" in capsys.readouterr().err
+        second = _fake_cluster(tmp_path, "nmtwo")
+        try:
+            assert main(["delete", "pod", "x", "--run-dir", run]) == 2
+            assert "several clusters are running (nmone, nmtwo): pass --cluster" in capsys.readouterr().err
+            assert main(["apply", "-f", SHOP, "--run-dir", run, "--cluster", "nmtwo"]) == 3
+            assert f"{tmp_path}/nmtwo/controlplane/admin.sock" in capsys.readouterr().err
+            assert main(["get", "pods", "--run-dir", run, "--controlplane", "unix:/nonexistent.sock"]) == 3
+            assert "unix:/nonexistent.sock" in capsys.readouterr().err
+            monkeypatch.setenv("NODEMESH_STATE_DIR", str(tmp_path / "cp"))
+            assert main(["get", "pods", "--run-dir", run]) == 3
+            assert f"{tmp_path}/cp/admin.sock" in capsys.readouterr().err
+        finally:
+            second.kill()
+            second.wait()
+        assert main(["get", "pods", "--run-dir", run, "--cluster", "nmnone"]) == 3
+        assert "no cluster named 'nmnone' is running" in capsys.readouterr().err
+    finally:
+        first.kill()
+        first.wait()

@@ -314,7 +314,9 @@ class NodeAgent:
         )
 
     # ---- waiting (tests wait for events, never sleep) ---------------------------------------
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float | None = 10.0) -> None:
+        """Until `predicate()` holds, re-checked at every event (None: no time limit)."""
+
         async def loop() -> None:
             while not predicate():
                 fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

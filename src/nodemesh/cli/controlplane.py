@@ -9,6 +9,15 @@
 state directory, serves node agents on `--listen` (mutual TLS) and the CLI on
 `<state-dir>/admin.sock`, prints one JSON line `{"event": "ready", ...}` when it serves, and
 stops on SIGTERM or SIGINT.
+
+`serve --cluster-dir /run/nodemesh/<name>` is how `nodemesh up` runs a local cluster's control
+plane (inside the cluster's sandbox): state in `<cluster>/controlplane/`, nodes served on the
+underlay gateway `172.18.0.1:15012`, pods placed as the cluster's plan placed them, and, at the
+first start only (an empty store), the cluster's manifests applied and its CA taken from
+`up --ca-cert/--ca-key` if given.
+
+`status` and `rotate-ca` find the control plane like `apply` does (the running local cluster's,
+see `nodemesh apply --help`).
 """
 
 from __future__ import annotations
@@ -21,13 +30,18 @@ import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nodemesh.errors import UsageError
+
+if TYPE_CHECKING:
+    from nodemesh.controlplane.settings import ControlPlaneSettings
 
 __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from nodemesh.cli.apply import add_cluster_arguments
     from nodemesh.controlplane.client import add_connection_arguments
     from nodemesh.controlplane.settings import DEFAULT_LISTEN
 
@@ -39,8 +53,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("action", nargs="?", choices=["serve", "status", "rotate-ca"], default="serve")
     add_connection_arguments(p)
+    add_cluster_arguments(p)
     p.add_argument(
-        "--listen", default=DEFAULT_LISTEN, help=f"node endpoint, host:port or unix:PATH ({DEFAULT_LISTEN})"
+        "--listen",
+        help=f"node endpoint, host:port or unix:PATH ({DEFAULT_LISTEN}; in a cluster: its gateway)",
+    )
+    p.add_argument(
+        "--cluster-dir",
+        metavar="DIR",
+        help="serve the local cluster whose state directory is DIR (what `up` runs)",
     )
     p.add_argument("--nodes", type=int, help="number of nodes (default: the Cluster resource's spec.nodes)")
     p.add_argument(
@@ -65,9 +86,9 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "status":
         return _status(args)
     if args.action == "rotate-ca":
-        from nodemesh.controlplane.client import client_from_args
+        from nodemesh.cli.apply import connect
 
-        with client_from_args(args) as client:
+        with connect(args) as client:
             for i, fp in enumerate(client.rotate_root()):
                 print(f"{'signing' if i == 0 else 'trusted'}  {fp}")
         return 0
@@ -76,23 +97,56 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(args))
 
 
-async def _serve(args: argparse.Namespace) -> int:
+def _settings(args: argparse.Namespace) -> tuple[ControlPlaneSettings, list[tuple[str, str]], bool]:
+    """The settings, the manifests to apply, and whether to apply them only to an empty store."""
     from nodemesh.controlplane.client import read_manifests
-    from nodemesh.controlplane.server import ControlPlane
-    from nodemesh.controlplane.settings import ControlPlaneSettings, default_state_dir
+    from nodemesh.controlplane.settings import DEFAULT_LISTEN, ControlPlaneSettings, default_state_dir
 
+    lifetime = timedelta(hours=args.cert_lifetime)
+    if args.cluster_dir is None:
+        settings = ControlPlaneSettings(
+            state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(),
+            listen=args.listen or DEFAULT_LISTEN,
+            node_count=args.nodes,
+            ca_cert=args.ca_cert,
+            ca_key=args.ca_key,
+            cert_lifetime=lifetime,
+        )
+        return settings, read_manifests(args.filename) if args.filename else [], False
+
+    from nodemesh.runtime.placement import PlanScheduler
+    from nodemesh.runtime.state import ClusterDir, Options
+    from nodemesh.runtime.supervisor import load_plan
+
+    cluster = ClusterDir(Path(args.cluster_dir))
+    plan = load_plan(cluster)[1]
+    options = Options.from_json(cluster.options.read_text())
+    state_dir = Path(args.state_dir) if args.state_dir else cluster.controlplane
+    # The user's CA is taken at the first start; the control plane keeps it in its ca/ after.
+    first = not (state_dir / "ca" / "signer.crt").exists()
+    ca_cert = args.ca_cert or (Path(options.ca_cert) if first and options.ca_cert else None)
+    ca_key = args.ca_key or (Path(options.ca_key) if first and options.ca_key else None)
     settings = ControlPlaneSettings(
-        state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(),
-        listen=args.listen,
-        node_count=args.nodes,
-        ca_cert=args.ca_cert,
-        ca_key=args.ca_key,
-        cert_lifetime=timedelta(hours=args.cert_lifetime),
+        state_dir=state_dir,
+        listen=args.listen or plan.controlplane_address,
+        nodes=tuple(n.name for n in plan.nodes),
+        node_count=len(plan.nodes),
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        cert_lifetime=lifetime,
+        scheduler=PlanScheduler(plan),
     )
-    manifests = read_manifests(args.filename) if args.filename else []
+    sources = args.filename or [str(cluster.manifests)]
+    return settings, read_manifests(sources), True
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from nodemesh.controlplane.server import ControlPlane
+
+    settings, manifests, only_if_empty = _settings(args)
     cp = await ControlPlane.start(settings)
     try:
-        if manifests:
+        if manifests and not (only_if_empty and cp.revision > 0):
             cp.apply_manifests(manifests)
         ready = {
             "event": "ready",
@@ -108,16 +162,17 @@ async def _serve(args: argparse.Namespace) -> int:
         await stop.wait()
     finally:
         with contextlib.suppress(Exception):
-            await cp.stop(grace=1.0)
+            # In a cluster, `down` stops the agents at the same time: nothing to drain for.
+            await cp.stop(grace=0.25 if args.cluster_dir else 1.0)
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from nodemesh.controlplane.client import client_from_args
+    from nodemesh.cli.apply import connect
 
-    with client_from_args(args) as client:
+    with connect(args) as client:
         report = client.status()
     if args.output == "json":
         print(json.dumps(asdict(report), indent=2))

@@ -15,6 +15,7 @@ __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from nodemesh.cli.apply import add_cluster_arguments
     from nodemesh.controlplane.client import add_connection_arguments
 
     p = sub.add_parser(
@@ -26,12 +27,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("-n", "--namespace", default="", help="namespace of KIND NAME (default: default)")
     add_connection_arguments(p)
+    add_cluster_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from nodemesh.cli.apply import label
-    from nodemesh.controlplane.client import client_from_args, read_manifests
+    from nodemesh.cli.apply import connect, label
+    from nodemesh.controlplane.client import read_manifests
 
     if bool(args.filename) == bool(args.target):
         raise UsageError("give either -f PATH or KIND NAME...")
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         kind, *names = args.target
         refs = [(kind, args.namespace, name) for name in names]
     manifests = read_manifests(args.filename) if args.filename else []
-    with client_from_args(args) as client:
+    with connect(args) as client:
         result = client.delete(manifests, refs)
     for r in result.results:
         print(f"{label(r.key[0], r.key[2])} {r.action.value}")

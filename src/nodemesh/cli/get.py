@@ -15,12 +15,14 @@ __all__ = ["register"]
 
 
 def _options(p: argparse.ArgumentParser) -> None:
+    from nodemesh.cli.apply import add_cluster_arguments
     from nodemesh.controlplane.client import add_connection_arguments
 
     p.add_argument("-n", "--namespace", default="", help="namespace (default: default)")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
     p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
     add_connection_arguments(p)
+    add_cluster_arguments(p)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,12 +47,12 @@ def _reparse(args: argparse.Namespace) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from nodemesh.controlplane.client import client_from_args
+    from nodemesh.cli.apply import connect
 
     args = _reparse(args)
     if args.kind.lower() in ("node", "nodes", "no"):
         return _nodes(args)
-    with client_from_args(args) as client:
+    with connect(args) as client:
         found = client.get(args.kind, args.namespace, args.name, all_namespaces=args.all_namespaces)
     manifests = [r.manifest for r in found]
     if args.output in ("yaml", "json"):
@@ -80,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _nodes(args: argparse.Namespace) -> int:
-    from nodemesh.controlplane.client import client_from_args
+    from nodemesh.cli.apply import connect
 
-    with client_from_args(args) as client:
+    with connect(args) as client:
         report = client.status()
     if args.output == "json":
         from dataclasses import asdict

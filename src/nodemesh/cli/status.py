@@ -1,5 +1,8 @@
 """`nodemesh status`: a local cluster's nodes, pods (node, IP, phase) and services (ClusterIP,
-endpoints). A pod whose process exited shows its exit code."""
+endpoints). A pod whose process exited shows its exit code. Per node, its agent's sync state:
+connected to the control plane or not, the version of the view it ACKed (the one it serves),
+whether that is the control plane's current view, and the reason of a NACK, if the last push was
+refused (the node then keeps its previous view). The control plane's line shows its revision."""
 
 from __future__ import annotations
 
@@ -27,6 +30,26 @@ def render(status: ClusterStatus) -> str:
         "NODE      ADDRESS         POD CIDR",
     ]
     lines += [f"{n[0]:9} {n[1]:15} {n[2]}" for n in status.nodes]
+    cp = status.controlplane
+    if cp is not None:
+        revision = f"revision {cp.revision}" if cp.revision is not None else "revision ?"
+        restarts = f", {cp.restarts} restarts" if cp.restarts else ""
+        lines += [
+            "",
+            f"control plane  {cp.phase}  {revision}  nodes {cp.address}  admin {cp.admin}{restarts}",
+        ]
+    if status.agents:
+        lines += [
+            "",
+            f"{'AGENT':9} {'PHASE':10} {'CONNECTED':9} {'ACKED':6} {'SYNCED':6} {'RESOURCES':9} NACK",
+        ]
+    for a in status.agents:
+        synced = "-" if a.synced is None else "yes" if a.synced else "no"
+        nack = f"version {a.nack_version}: {a.nack_reason}" if a.nack_reason else "-"
+        lines.append(
+            f"{a.node:9} {a.phase:10} {'yes' if a.connected else 'no':9} {a.acked_version or '-':6} "
+            f"{synced:6} {a.resources:<9} {nack}"
+        )
     lines += ["", f"{'POD':34} {'NODE':9} {'IP':15} {'PHASE':10} READY  EXIT"]
     for pod in status.pods:
         codes = ",".join(str(c.exit_code) for c in pod.containers if c.exit_code is not None)

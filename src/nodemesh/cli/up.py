@@ -1,8 +1,11 @@
 """`nodemesh up -f DIR`: build a local cluster from network namespaces and start its workloads.
 
 Validates and plans everything first (nothing is built on bad input), then starts the sandbox
-supervisor in the background and shows its progress until every pod is ready. The cluster keeps
-running after the command returns; `nodemesh down` removes it.
+supervisor in the background and shows its progress until every pod is ready. The cluster runs
+its own control plane (a root CA generated here, or `--ca-cert/--ca-key`; a credential per node;
+the manifests applied to it) and a node agent per node; `up` returns when every agent has
+ACKed its first view too. The cluster keeps running after the command returns; `nodemesh apply`
+changes its desired state, `nodemesh down` removes it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--nodes", type=int, help="number of nodes (default: the Cluster resource's, else 2)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness (default 60)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (nodes, pods, addresses) and stop")
+    p.add_argument(
+        "--ca-cert", metavar="PEM", help="a root CA certificate to sign with (default: generate one)"
+    )
+    p.add_argument("--ca-key", metavar="PEM", help="the private key of --ca-cert")
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
@@ -68,6 +75,13 @@ def run(args: argparse.Namespace) -> int:
                 else ""
             )
             print(f"  pod {f['pod']!s:32} {f['node']!s:8} {f['ip']!s:15} {state}{extra}", flush=True)
+        elif event.event == "controlplane" and f["phase"] == "Running":
+            print(f"  control plane serving nodes on {f['address']}", flush=True)
+        elif event.event == "agent" and (f["acked_version"] or f["nack_reason"]):
+            answer = (
+                f"NACK: {f['nack_reason']}" if f["nack_reason"] else f"ACKed version {f['acked_version']}"
+            )
+            print(f"  agent {f['node']!s:8} {answer}", flush=True)
 
     plan = control.plan_from(args.filename, name=args.name, nodes=args.nodes)
     for warning in plan.warnings:
@@ -79,14 +93,25 @@ def run(args: argparse.Namespace) -> int:
         run_dir=args.run_dir,
         timeout=args.timeout,
         on_event=show,
+        ca_cert=args.ca_cert,
+        ca_key=args.ca_key,
     )
-    status = control.status(plan.name, args.run_dir)
+    status = control.status(plan.name, args.run_dir, live=False)
     failed = [p for p in status.pods if p.phase == "Failed" or (not p.ready and p.phase != "Succeeded")]
     if failed:
         print(
             f"cluster {plan.name!r} is up, but not every pod is ready: "
             + ", ".join(f"{p.key} ({_why(p)})" for p in failed)
             + f"; see `nodemesh logs --name {plan.name} NS/POD`",
+            file=sys.stderr,
+        )
+        return 1
+    unsynced = [a for a in status.agents if not a.acked_version or a.nack_reason]
+    if unsynced:
+        print(
+            f"cluster {plan.name!r} is up, but not every node agent took its view: "
+            + ", ".join(f"{a.node} ({a.nack_reason or a.phase})" for a in unsynced)
+            + f"; see /run/nodemesh/{plan.name}/agents/NODE/agent.log",
             file=sys.stderr,
         )
         return 1

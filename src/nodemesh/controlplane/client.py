@@ -187,7 +187,8 @@ class ControlPlaneClient:
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise ControlPlaneUnavailableError(
                     f"cannot reach the control plane at {self.address} ({details}); "
-                    "is `nodemesh controlplane` running? set --controlplane or $NODEMESH_CONTROLPLANE"
+                    "is a local cluster (`nodemesh up`) or `nodemesh controlplane` running? "
+                    "set --cluster, --controlplane or $NODEMESH_CONTROLPLANE"
                 ) from exc
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise UsageError(details or "invalid request") from exc

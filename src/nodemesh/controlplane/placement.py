@@ -22,9 +22,10 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from nodemesh.model.world import World
+if TYPE_CHECKING:  # types only: a node agent imports this module without the schemas
+    from nodemesh.model.world import World
 
 __all__ = ["NodeInfo", "Placement", "PodPlacement", "Scheduler", "SpreadScheduler"]
 

@@ -466,7 +466,6 @@ class ControlPlane:
         requests: AsyncIterator[pb.ViewRequest],
         context: grpc.aio.ServicerContext[pb.ViewRequest, pb.ViewResponse],
     ) -> None:
-        await context.send_initial_metadata(())  # the agent's wait_for_connection returns now
         state = NodePushState(node, dict(first.initial_resource_versions), first.version_info)
         session = _Session(node, state)
         old = self._sessions.get(node)
@@ -476,6 +475,15 @@ class ControlPlane:
         self._states[node] = state
         assert self._views is not None
         state.set_view(self._views.for_node(node))
+        # Only now does the agent's wait_for_connection return: once it believes it is
+        # connected, the status shows it connected (and synced, if it holds the desired view).
+        try:
+            await context.send_initial_metadata(())
+        except BaseException:
+            if self._sessions.get(node) is session:
+                del self._sessions[node]
+            raise
+        self._notify()
         log.info("node %s connected (holds %d resources)", node, len(state.held))
 
         async def read() -> None:

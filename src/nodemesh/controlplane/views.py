@@ -38,13 +38,15 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nodemesh.controlplane.placement import Placement, PodPlacement
-from nodemesh.controlplane.references import DocKey
-from nodemesh.model.schema.base import Document
-from nodemesh.model.world import ServiceInfo, Workload, World
+from nodemesh.controlplane.results import DocKey
 from nodemesh.policy.selector import LabelSelector
+
+if TYPE_CHECKING:  # types only: a node agent imports this module without the schemas
+    from nodemesh.model.schema.base import Document
+    from nodemesh.model.world import ServiceInfo, Workload, World
 
 __all__ = ["NodeView", "ViewInputs", "ViewResource", "ViewSet", "compute_views", "digest"]
 

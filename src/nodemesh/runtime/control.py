@@ -1,8 +1,11 @@
 """What the CLI verbs call: bring a cluster up, find it, look at it, run in it, take it down.
 
 Everything here runs on the host, in the caller's process. `up` validates and plans first (a bad
-manifest, an unknown node, a port clash or an overlapping CIDR fails before anything exists),
-then starts the supervisor detached and follows its progress pipe until every pod is ready.
+manifest, an unknown node, a port clash, an overlapping CIDR, a reference the control plane would
+refuse, an unusable `--ca-cert/--ca-key` fails before anything exists), then starts the supervisor
+detached and follows its progress pipe until every pod is ready and every node agent has
+answered its first view from the cluster's control plane. `status` reads the supervisor's status
+file and, when the control plane serves, asks it for its revision and which nodes are in sync.
 `exec_in` joins the sandbox's mount and PID namespaces (the caller is single-threaded: the CLI),
 so the command it starts dies with the cluster. `down` is SIGTERM to the sandbox's init and a
 wait, through a pidfd, for the keeper to finish removing the state directory.
@@ -19,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nodemesh.errors import ManifestError, ManifestProblem, UsageError
@@ -52,6 +55,7 @@ __all__ = [
     "log_files",
     "status",
     "up",
+    "wait_for_status",
 ]
 
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -97,11 +101,39 @@ def _expand(paths: Sequence[str]) -> list[Path]:
 
 
 def plan_from(paths: Sequence[str], *, name: str | None = None, nodes: int | None = None) -> ClusterPlan:
-    """Validate and plan without building anything (also what `up --dry-run` prints)."""
-    world = World.build(load_documents(list(paths)))
+    """Validate and plan without building anything (also what `up --dry-run` prints).
+
+    The documents must also pass the control plane's cross-document rules (a pod's
+    ServiceAccount exists, pod names are unique, ...): the cluster's control plane applies them
+    at start, and a refusal there would fail the build."""
+    from nodemesh.controlplane.references import check_references, doc_key
+
+    docs = load_documents(list(paths))
+    problems = check_references(docs, [doc_key(d) for d in docs])
+    if problems:
+        raise ManifestError(problems)
+    world = World.build(docs)
     plan = plan_cluster(world, name=name, nodes=nodes)
     validate_name(plan.name)
     return plan
+
+
+def _check_ca(ca_cert: str | None, ca_key: str | None) -> tuple[str, str] | None:
+    """A user-supplied root CA: both files, readable, a CA whose key matches (absolute paths)."""
+    if ca_cert is None and ca_key is None:
+        return None
+    if ca_cert is None or ca_key is None:
+        raise UsageError("--ca-cert and --ca-key go together")
+    from nodemesh.ca import RootCA
+    from nodemesh.ca.errors import CaError
+
+    try:
+        RootCA.from_pem(Path(ca_cert).read_bytes(), Path(ca_key).read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read the CA: {exc}") from exc
+    except CaError as exc:
+        raise UsageError(f"--ca-cert/--ca-key: {exc}") from exc
+    return str(Path(ca_cert).resolve()), str(Path(ca_key).resolve())
 
 
 def up(
@@ -112,9 +144,13 @@ def up(
     run_dir: str = DEFAULT_RUN_DIR,
     timeout: float = 60.0,
     on_event: Callable[[UpEvent], None] | None = None,
+    ca_cert: str | None = None,
+    ca_key: str | None = None,
 ) -> ClusterPlan:
-    """Build and start a cluster; return its plan once every pod is ready or has exited."""
+    """Build and start a cluster; return its plan once every pod is ready or has exited and
+    every node agent has answered its first view (`ca_cert`/`ca_key`: a root CA to sign with)."""
     plan = plan_from(paths, name=name, nodes=nodes)
+    ca = _check_ca(ca_cert, ca_key)
     check_privileges()
     state = ClusterDir.of(plan.name, run_dir)
     if state.root.exists():
@@ -128,9 +164,8 @@ def up(
         state.manifests.mkdir()
         for i, source in enumerate(_expand(paths)):
             shutil.copyfile(source, state.manifests / f"{i:03d}-{source.name}")
-        state.options.write_text(
-            Options(plan.name, nodes, tuple(str(Path(p).resolve()) for p in paths)).to_json()
-        )
+        sources = tuple(str(Path(p).resolve()) for p in paths)
+        state.options.write_text(Options(plan.name, nodes, sources, *(ca or (None, None))).to_json())
         read_fd, write_fd = os.pipe()
         with open(state.supervisor_log, "ab") as log:
             subprocess.Popen(
@@ -220,13 +255,70 @@ def _running(state: ClusterDir) -> int:
     return pid
 
 
-def status(name: str | None, run_dir: str = DEFAULT_RUN_DIR) -> ClusterStatus:
+def status(name: str | None, run_dir: str = DEFAULT_RUN_DIR, *, live: bool = True) -> ClusterStatus:
+    """The supervisor's status file; with `live`, plus what the running control plane says (its
+    revision, and per node whether the agent holds the current view)."""
     state = find_cluster(name, run_dir)
     _running(state)
     found = state.read_status()
     if found is None:
         return ClusterStatus(state.name, "none", "Building")
+    if live and found.controlplane is not None and found.controlplane.phase == "Running":
+        return _with_controlplane(found, found.controlplane.admin)
     return found
+
+
+def _with_controlplane(found: ClusterStatus, admin: str) -> ClusterStatus:
+    from nodemesh.controlplane.client import ControlPlaneClient
+    from nodemesh.errors import NodemeshError
+
+    try:
+        with ControlPlaneClient(admin, timeout=3.0) as client:
+            report = client.status()
+    except NodemeshError:
+        return found
+    rows = {n.node: n for n in report.nodes}
+    agents = []
+    for agent in found.agents:
+        row = rows.get(agent.node)
+        if row is None:
+            agents.append(agent)
+            continue
+        # The control plane knows whether a NACK still stands: it forgets it once the node ACKs
+        # or holds the desired view again (the offending resource was fixed or deleted), which
+        # the agent, sent nothing in that case, cannot see.
+        nack = (row.nack_version, row.nack_reason)
+        agents.append(
+            replace(agent, synced=row.synced and agent.connected, nack_version=nack[0], nack_reason=nack[1])
+        )
+    assert found.controlplane is not None
+    return replace(
+        found, controlplane=replace(found.controlplane, revision=report.revision), agents=tuple(agents)
+    )
+
+
+def wait_for_status(
+    name: str | None,
+    predicate: Callable[[ClusterStatus], bool],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    live: bool = False,
+    run_dir: str = DEFAULT_RUN_DIR,
+) -> ClusterStatus:
+    """Until the cluster's status satisfies `predicate` (e.g. every agent ACKed a version): the
+    status file is rewritten on every event, so this waits for the event, not for a fixed time.
+    TimeoutError names the last status seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = status(name, run_dir, live=live)
+        if predicate(now):
+            return now
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"cluster {now.name}: condition not met within {timeout} s; last status: {now}"
+            )
+        time.sleep(interval)
 
 
 def live_world(name: str | None = None, run_dir: str = DEFAULT_RUN_DIR) -> World:

@@ -34,6 +34,7 @@ __all__ = [
     "enter_pod",
     "enter_sandbox",
     "in_netns",
+    "join_netns",
     "make_mounts_private",
     "mount",
     "set_parent_death_signal",
@@ -154,6 +155,11 @@ def in_netns(path: str, fn: Callable[[], T]) -> T:
 def socket_in(path: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
     """A socket that belongs to the network namespace at `path`, usable from any thread."""
     return in_netns(path, lambda: socket.socket(family, kind))
+
+
+def join_netns(path: str) -> None:
+    """In a child before exec (or a short-lived thread): join the network namespace at `path`."""
+    _setns_path(path, CLONE_NEWNET)
 
 
 def enter_pod(netns: str, binds: dict[str, str], hostname: str | None) -> None:

@@ -7,7 +7,12 @@ a cluster; the supervisor's keeper removes it when the sandbox ends, and a CLI v
 a directory whose supervisor is gone removes it as stale. Nothing else of a cluster is on the
 host: its namespaces, links, rules and processes live in the sandbox (see `supervisor`).
 
-The JSON written here is plain data (`PodStatus`, `ServiceStatus`), converted at this edge.
+The cluster's control plane keeps its own state in `controlplane/` (store, CA, node credentials,
+`admin.sock`) and each node agent in `agents/<node>/` (its last good view and certificates):
+both are under the cluster's directory, so they live exactly as long as the cluster.
+
+The JSON written here is plain data (`PodStatus`, `ServiceStatus`, `ControlPlaneStatus`,
+`AgentStatus`), converted at this edge.
 """
 
 from __future__ import annotations
@@ -24,13 +29,16 @@ from nodemesh.errors import UsageError
 
 __all__ = [
     "DEFAULT_RUN_DIR",
+    "AgentStatus",
     "ClusterDir",
     "ClusterStatus",
     "ContainerStatus",
+    "ControlPlaneStatus",
     "Options",
     "PodStatus",
     "ServiceStatus",
     "list_clusters",
+    "running_clusters",
     "validate_name",
 ]
 
@@ -52,14 +60,31 @@ class Options:
     name: str
     nodes: int | None = None
     sources: tuple[str, ...] = ()
+    ca_cert: str | None = None
+    """A user-supplied root CA (`up --ca-cert/--ca-key`, absolute paths); None: generate one."""
+    ca_key: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps({"name": self.name, "nodes": self.nodes, "sources": list(self.sources)})
+        return json.dumps(
+            {
+                "name": self.name,
+                "nodes": self.nodes,
+                "sources": list(self.sources),
+                "caCert": self.ca_cert,
+                "caKey": self.ca_key,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Options:
         raw = json.loads(text)
-        return cls(str(raw["name"]), raw.get("nodes"), tuple(raw.get("sources", ())))
+        return cls(
+            str(raw["name"]),
+            raw.get("nodes"),
+            tuple(raw.get("sources", ())),
+            raw.get("caCert"),
+            raw.get("caKey"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +121,45 @@ class ServiceStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlPlaneStatus:
+    """The cluster's control plane process, as its supervisor sees it."""
+
+    phase: str  # Starting, Running, Restarting, Failed
+    address: str = ""
+    """The node endpoint (on the underlay gateway), where agents connect."""
+    admin: str = ""
+    """The admin endpoint (`unix:.../admin.sock`), where apply/get/delete connect."""
+    pid: int | None = None
+    """PID inside the sandbox's PID namespace."""
+    restarts: int = 0
+    exit_code: int | None = None
+    """Exit code of the last run that ended (None: it never ended)."""
+    revision: int | None = None
+    """The store revision, when `status` could ask the running control plane."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    """One node agent: its process, its stream to the control plane, the view it holds."""
+
+    node: str
+    phase: str  # Starting, Running, Restarting, Failed
+    connected: bool = False
+    acked_version: str = ""
+    """Version (store revision) of the last push this agent ACKed: the view it serves."""
+    resources: int = 0
+    certificates: int = 0
+    nack_version: str = ""
+    nack_reason: str = ""
+    """The last NACK, while it is current (no later push was ACKed)."""
+    pid: int | None = None
+    restarts: int = 0
+    synced: bool | None = None
+    """Whether it holds the control plane's current view (None: the control plane was not asked
+    or did not answer)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterStatus:
     name: str
     mode: str
@@ -104,6 +168,8 @@ class ClusterStatus:
     pods: tuple[PodStatus, ...] = ()
     services: tuple[ServiceStatus, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    controlplane: ControlPlaneStatus | None = None
+    agents: tuple[AgentStatus, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -124,6 +190,7 @@ class ClusterStatus:
             )
             for s in raw.get("services", ())
         )
+        cp = raw.get("controlplane")
         return cls(
             raw["name"],
             raw["mode"],
@@ -132,6 +199,8 @@ class ClusterStatus:
             pods,
             services,
             tuple(raw.get("warnings", ())),
+            ControlPlaneStatus(**cp) if isinstance(cp, dict) else None,
+            tuple(AgentStatus(**a) for a in raw.get("agents", ())),
         )
 
 
@@ -187,6 +256,28 @@ class ClusterDir:
     def pod_files(self) -> Path:
         return self.root / "pods"
 
+    @property
+    def controlplane(self) -> Path:
+        """The control plane's state directory (store, CA, node credentials, admin.sock)."""
+        return self.root / "controlplane"
+
+    @property
+    def admin_address(self) -> str:
+        """Where `nodemesh apply/get/delete` reach this cluster's control plane."""
+        return f"unix:{self.controlplane / 'admin.sock'}"
+
+    @property
+    def controlplane_log(self) -> Path:
+        return self.root / "controlplane.log"
+
+    def agent_dir(self, node: str) -> Path:
+        """A node agent's state: its last good view (view.db), certificates, log."""
+        return self.root / "agents" / node
+
+    def agent_pods(self, node: str) -> Path:
+        """The pods the runtime runs on `node` (`ns/pod` -> address), for its agent's check."""
+        return self.agent_dir(node) / "pods.json"
+
     def log_file(self, pod_key: str, container: str) -> Path:
         ns, _, pod = pod_key.partition("/")
         return self.logs / f"{ns}_{pod}_{container}.log"
@@ -234,3 +325,7 @@ def list_clusters(run_dir: str = DEFAULT_RUN_DIR) -> list[ClusterDir]:
     if not base.is_dir():
         return []
     return [ClusterDir(p) for p in sorted(base.iterdir()) if p.is_dir() and NAME.match(p.name)]
+
+
+def running_clusters(run_dir: str = DEFAULT_RUN_DIR) -> list[ClusterDir]:
+    return [c for c in list_clusters(run_dir) if c.alive_pid() is not None]

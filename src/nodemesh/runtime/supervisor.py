@@ -9,7 +9,8 @@ It is two processes (ztunnel's namespaced test harness, applied to a long-runnin
 - the *init* is PID 1 of that new PID namespace and unshares a private mount, network and UTS
   namespace. It builds the whole cluster inside (the underlay bridge lives in its network
   namespace, node and pod namespaces are bind mounts on a tmpfs only its mount namespace sees),
-  serves the cluster DNS, starts the workloads and reaps them.
+  serves the cluster DNS, starts the workloads and reaps them, and runs the cluster's control
+  plane and one node agent per node (`mesh`), restarting them when they exit.
 
 Why this shape: when PID 1 of a PID namespace exits, the kernel kills every other process in
 it; when the last process of the sandbox is gone, its mount namespace goes, taking the netns bind
@@ -35,14 +36,18 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nodemesh.model.validate import load_documents
-from nodemesh.model.world import World
-from nodemesh.runtime import dns, netns
-from nodemesh.runtime.sandbox import build_network, write_pod_files
+from nodemesh.runtime import netns
+from nodemesh.runtime.mesh import MeshProcesses
 from nodemesh.runtime.state import ClusterDir, ClusterStatus, Options, PodStatus, ServiceStatus
-from nodemesh.runtime.topology import ClusterPlan, plan_cluster
-from nodemesh.runtime.workloads import Workloads
+
+if TYPE_CHECKING:
+    from nodemesh.model.world import World
+    from nodemesh.runtime.topology import ClusterPlan
+
+# The schemas, the planner and the builders are imported by `_init` once it has spawned the
+# control plane (~0.4 s of imports that then overlap the control plane's own start-up).
 
 __all__ = ["Progress", "load_plan", "main"]
 
@@ -74,6 +79,10 @@ class Progress:
 
 def load_plan(state: ClusterDir) -> tuple[World, ClusterPlan]:
     """The world and plan of a cluster, recomputed from its manifest snapshot (deterministic)."""
+    from nodemesh.model.validate import load_documents
+    from nodemesh.model.world import World
+    from nodemesh.runtime.topology import plan_cluster
+
     options = Options.from_json(state.options.read_text())
     docs = load_documents([str(state.manifests)])
     world = World.build(docs)
@@ -140,20 +149,38 @@ def _init(state: ClusterDir, progress: Progress) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
     try:
-        plan = load_plan(state)[1]
+        # The control plane starts first, so its start-up overlaps the planning and the build;
+        # it may bind the underlay gateway before the bridge has it (this network namespace
+        # only, where nothing else listens).
+        Path("/proc/sys/net/ipv4/ip_nonlocal_bind").write_text("1")
+        mesh = MeshProcesses(state)
+        mesh.start_controlplane()
+        from nodemesh.runtime.sandbox import build_network, write_pod_files
+
+        world, plan = load_plan(state)
         socket.sethostname(plan.name)
         progress.emit("planned", nodes=len(plan.nodes), pods=len(plan.pods), services=len(plan.services))
         build_network(plan, state, lambda text: progress.emit("network", message=text))
+        # [capture hook, issue 5] In-pod capture of ambient pods, before any workload starts.
+        # Inert until topology.SUPPORTED_MODES admits "ambient" (i.e. a node proxy serves 15001/15006).
+        if plan.mode == "ambient":
+            from nodemesh.capture.cluster import capture_cluster
+
+            capture_cluster(world, plan, str(state.netns), lambda t: progress.emit("network", message=t))
         pod_files = write_pod_files(plan, state)
+        mesh.start_agents(plan)
     except Exception as exc:
         log.exception("building the cluster failed")
         progress.emit("error", message=str(exc))
         return 1
-    return asyncio.run(Supervisor(plan, state, progress, pod_files, started).run())
+    return asyncio.run(Supervisor(plan, state, progress, pod_files, started, mesh=mesh).run())
 
 
 class Supervisor:
-    """The running cluster: DNS, workloads, status file, shutdown."""
+    """The running cluster: DNS, workloads, control plane and node agents, status file, shutdown.
+
+    The cluster is ready (`up` returns) when every pod is ready or has exited, the control plane
+    serves, and every node agent has answered its first view."""
 
     def __init__(
         self,
@@ -162,21 +189,28 @@ class Supervisor:
         progress: Progress,
         pod_files: dict[str, dict[str, str]],
         started: float,
+        *,
+        mesh: MeshProcesses,
     ) -> None:
         self.plan = plan
         self.state = state
         self.progress = progress
-        self.workloads = Workloads(plan, state, pod_files)
+        from nodemesh.runtime.workloads import Workloads
+
+        self.mesh = mesh
+        self.workloads = Workloads(plan, state, pod_files, mesh.changed)
         self.started = started
         self.phase = "Building"
         self.stop = asyncio.Event()
         self.dns_ready = False
+        self.failed: str | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGCHLD, self._reap)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self.stop.set)
+        self.mesh.attach()
         dns_server = await self._start_dns()
         self.workloads.start_all()
         self._reap()
@@ -192,9 +226,11 @@ class Supervisor:
         await asyncio.gather(watcher, probes, return_exceptions=True)
         dns_server.close()
         await self._stop_workloads()
-        return 0
+        return 0 if self.failed is None else 1
 
     async def _start_dns(self) -> asyncio.Server:
+        from nodemesh.runtime import dns
+
         pod = next(p for p in self.plan.pods if p.system)
         path = str(self.state.netns / pod.netns)
 
@@ -222,13 +258,22 @@ class Supervisor:
                 return
             if pid == 0:
                 return
-            self.workloads.reaped(pid, status)
+            if not self.mesh.reaped(pid, status):
+                self.workloads.reaped(pid, status)
 
     async def _watch(self) -> None:
         announced: dict[str, tuple[str, bool]] = {}
+        mesh_announced: dict[str, tuple[object, ...]] = {}
         while True:
             await self.workloads.changed.wait()
             self.workloads.changed.clear()
+            self._announce_mesh(mesh_announced)
+            failure = self.mesh.failure() if self.phase == "Building" else None
+            if failure is not None:
+                self.failed = failure
+                self.progress.emit("error", message=failure)
+                self.stop.set()
+                return
             statuses = self.workloads.statuses()
             for pod in statuses:
                 now = (pod.phase, pod.ready)
@@ -244,13 +289,33 @@ class Supervisor:
                         ready=pod.ready,
                         exit_codes=codes,
                     )
-            if self.phase == "Building" and self.workloads.settled():
+            if self.phase == "Building" and self.workloads.settled() and self.mesh.settled():
                 self.phase = "Ready"
                 self._write_status()
                 self.progress.emit("ready", seconds=round(time.monotonic() - self.started, 3))
                 self.progress.close()
             else:
                 self._write_status()
+
+    def _announce_mesh(self, announced: dict[str, tuple[object, ...]]) -> None:
+        """Progress lines for `up`: the control plane serving, each agent's answer."""
+        control, agents = self.mesh.statuses()
+        now: tuple[object, ...] = (control.phase,)
+        if announced.get("") != now:
+            announced[""] = now
+            self.progress.emit("controlplane", phase=control.phase, address=control.address)
+        for agent in agents:
+            now = (agent.phase, agent.connected, agent.acked_version, agent.nack_reason)
+            if announced.get(agent.node) != now:
+                announced[agent.node] = now
+                self.progress.emit(
+                    "agent",
+                    node=agent.node,
+                    phase=agent.phase,
+                    connected=agent.connected,
+                    acked_version=agent.acked_version,
+                    nack_reason=agent.nack_reason,
+                )
 
     def _write_status(self) -> None:
         dns_pod = next(p for p in self.plan.pods if p.system)
@@ -282,20 +347,24 @@ class Supervisor:
                 (system, *self.workloads.statuses()),
                 services,
                 self.plan.warnings,
+                *self.mesh.statuses(),
             )
         )
 
     async def _stop_workloads(self) -> None:
-        """SIGTERM, then SIGKILL whatever still runs after the grace period."""
+        """SIGTERM, then SIGKILL whatever still runs after the grace period (the mesh's
+        processes too: agents keep their view on disk, the control plane its store)."""
         self.workloads.signal_all(signal.SIGTERM)
+        self.mesh.signal_all(signal.SIGTERM)
         deadline = time.monotonic() + GRACE_SECONDS
-        while self.workloads.running_pids() and time.monotonic() < deadline:
+        while (self.workloads.running_pids() or self.mesh.running_pids()) and time.monotonic() < deadline:
             self.workloads.changed.clear()
             try:
                 await asyncio.wait_for(self.workloads.changed.wait(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 break
         self.workloads.signal_all(signal.SIGKILL)
+        self.mesh.signal_all(signal.SIGKILL)
 
 
 if __name__ == "__main__":

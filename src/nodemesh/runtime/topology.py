@@ -9,6 +9,8 @@ executes what this module wrote down.
 Shape (ztunnel's namespaced test harness, `src/test_helpers/netns.rs`, and kind's node network):
 - one underlay bridge `nm-br0` in the sandbox's own network namespace; node `i` is a namespace
   whose `eth0` sits on it with address `172.18.0.(i+2)/24` (kind puts nodes on 172.18.0.0/16);
+  the bridge itself has `172.18.0.1` (kind's network gateway), where the cluster's control plane
+  serves node agents: every node namespace reaches it on-link;
 - node `i` owns the pod CIDR `podCIDR` split into per-node subnets in order (kubeadm's
   `--node-cidr-mask-size`, /24 by default: node-0 gets 10.244.0.0/24, node-1 10.244.1.0/24);
 - each pod is a namespace with a veth to its node, CNI `ptp` style: the pod has `ip/32` and a
@@ -38,10 +40,12 @@ from nodemesh.policy.flow import Protocol
 
 __all__ = [
     "CLUSTER_DOMAIN",
+    "CONTROLPLANE_PORT",
     "DNS_NAMESPACE",
     "DNS_POD",
     "DNS_SERVICE",
     "UNDERLAY",
+    "UNDERLAY_GATEWAY",
     "ClusterPlan",
     "ContainerPlan",
     "EndpointPlan",
@@ -59,6 +63,9 @@ __all__ = [
 
 CLUSTER_DOMAIN = "cluster.local"
 UNDERLAY = IPv4Network("172.18.0.0/24")
+UNDERLAY_GATEWAY = UNDERLAY.network_address + 1
+"""The bridge's own address, in the sandbox's network namespace: the control plane listens here."""
+CONTROLPLANE_PORT = 15012  # istiod's xDS + CA port (reference §1.1)
 BRIDGE = "nm-br0"
 DNS_NAMESPACE = "kube-system"
 DNS_POD = "coredns"
@@ -177,6 +184,11 @@ class ClusterPlan:
     @property
     def dns_ip(self) -> IPv4Address:
         return self.service_cidr.network_address + DNS_SERVICE_HOST
+
+    @property
+    def controlplane_address(self) -> str:
+        """The control plane's node endpoint: the underlay gateway, istiod's port."""
+        return f"{UNDERLAY_GATEWAY}:{CONTROLPLANE_PORT}"
 
     def node(self, name: str) -> NodePlan:
         return next(n for n in self.nodes if n.name == name)
@@ -595,7 +607,12 @@ def render_network(plan: ClusterPlan, netns_dir: str) -> tuple[NetworkStep, ...]
     def path(ns: str) -> str:
         return f"{netns_dir}/{ns}"
 
-    sandbox = ["link set lo up", f"link add {BRIDGE} type bridge", f"link set {BRIDGE} up"]
+    sandbox = [
+        "link set lo up",
+        f"link add {BRIDGE} type bridge",
+        f"addr add {UNDERLAY_GATEWAY}/{UNDERLAY.prefixlen} dev {BRIDGE}",
+        f"link set {BRIDGE} up",
+    ]
     for n in plan.nodes:
         sandbox += [
             f"link add {n.uplink} type veth peer name eth0 netns {path(n.name)}",

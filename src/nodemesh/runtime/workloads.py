@@ -110,14 +110,19 @@ class Workloads:
     """The containers of every pod: start, probe, reap, stop. Owned by the supervisor."""
 
     def __init__(
-        self, plan: ClusterPlan, state: ClusterDir, pod_files: Mapping[str, Mapping[str, str]]
+        self,
+        plan: ClusterPlan,
+        state: ClusterDir,
+        pod_files: Mapping[str, Mapping[str, str]],
+        changed: asyncio.Event | None = None,
     ) -> None:
         self._plan = plan
         self._state = state
         self._pod_files = pod_files
         self._pods = [_Pod(p, [_Container(c) for c in p.containers]) for p in plan.pods if not p.system]
         self._by_pid: dict[int, _Container] = {}
-        self.changed = asyncio.Event()
+        self.changed = changed or asyncio.Event()
+        """Set on every change (shared with the mesh's processes: one event for the supervisor)."""
 
     def start_all(self) -> None:
         self._state.logs.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,406 @@
+"""The cluster's mesh processes: its control plane and one node agent per node, supervised.
+
+The supervisor (the sandbox's init) starts them and keeps them running:
+
+- the control plane, `nodemesh controlplane serve --cluster-dir <cluster>`, in the sandbox's own
+  network namespace, where the underlay bridge carries `172.18.0.1`: it serves node agents on
+  `172.18.0.1:15012` (istiod's port) and the CLI on `<cluster>/controlplane/admin.sock`. At its
+  first start it generates the root CA (or takes `up --ca-cert/--ca-key`), issues a credential
+  per node, and applies the cluster's manifests: from then on it is the source of truth for the
+  desired state, and its store lives in `<cluster>/controlplane/`;
+- once it serves, a node agent per node (`nodeagent`), each in its node's network namespace,
+  which connects over the node's `eth0`, receives its view and ACKs (or NACKs) it.
+
+Both are processes of the sandbox's PID namespace, so they die with the cluster, and their state
+is under the cluster's directory, so `down` removes it. A process that exits is restarted with
+a growing delay (kubelet's CrashLoopBackOff, 10 s doubling to 5 min, scaled down for a local
+cluster: `RestartBackoff`), except a control plane that never became ready: that is a
+configuration error, and the cluster's build fails with its log. While the control plane is
+down, agents keep serving the view they hold and reconnect with their own backoff; when it is
+back they resync (only differences move).
+
+`up` is ready when the control plane serves and every agent has answered its first view (an
+ACK; a NACK or an agent that exited is reported as a failure). Each agent reports what `status`
+shows as JSON lines on its stdout, read here without blocking the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from nodemesh.runtime import netns
+from nodemesh.runtime.state import AgentStatus, ClusterDir, ControlPlaneStatus
+
+if TYPE_CHECKING:
+    from nodemesh.runtime.topology import ClusterPlan
+
+# Light on purpose: the supervisor spawns the control plane before it imports the schemas and
+# the planner (`placement`, `topology`, `workloads` are imported where they are used).
+
+__all__ = ["MeshProcesses", "RestartBackoff", "Supervised"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RestartBackoff:
+    """Delay before restarting a process that exited: `initial` doubling up to `maximum`; a run
+    of at least `reset_after` seconds counts as healthy and resets the delay."""
+
+    initial: float = 0.25
+    maximum: float = 10.0
+    reset_after: float = 10.0
+
+    def delay(self, failures: int) -> float:
+        """The delay after `failures` consecutive short runs (1 = the first)."""
+        return min(self.initial * 2.0 ** max(failures - 1, 0), self.maximum)
+
+
+class Supervised:
+    """One process the supervisor starts, reads (JSON lines on stdout) and restarts.
+
+    `start()` may run before the event loop exists (the supervisor spawns the mesh's processes
+    while it builds the network, so their start-up overlaps it); `attach()` then hooks the
+    output into the loop. A *gated* process waits for a line on its stdin before it connects
+    anywhere; `release()` sends it, now and to every later restart."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_path: os.PathLike[str] | str,
+        on_line: Callable[[dict[str, object]], None],
+        on_change: Callable[[], None],
+        *,
+        netns_path: str | None = None,
+        gated: bool = False,
+        backoff: RestartBackoff | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.on_line = on_line
+        self.on_change = on_change
+        self.netns_path = netns_path
+        self.gated = gated
+        self.released = not gated
+        self.backoff = backoff or RestartBackoff()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.exit_code: int | None = None
+        self.restarts = 0
+        self.exits = 0
+        self.restart_pending = False
+        self.stopping = False
+        self._failures = 0
+        self._started_at = 0.0
+        self._fd: int | None = None
+        self._attached = False
+        self._buffer = b""
+        self._restart: asyncio.TimerHandle | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.running and self.process is not None else None
+
+    def start(self) -> None:
+        """Spawn the process (and attach its output if the event loop runs)."""
+        self.restart_pending = False
+        read_fd, write_fd = os.pipe()
+        path = self.netns_path
+        try:
+            with open(self.log_path, "ab") as log_file:
+                self.process = subprocess.Popen(
+                    self.argv,
+                    stdin=subprocess.PIPE if self.gated else subprocess.DEVNULL,
+                    stdout=write_fd,
+                    stderr=log_file,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    preexec_fn=(lambda: netns.join_netns(path)) if path else None,  # noqa: PLW1509
+                    start_new_session=True,
+                )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        self._started_at = time.monotonic()
+        self._fd = read_fd
+        self._attached = False
+        os.set_blocking(read_fd, False)
+        log.info("started %s (pid %d)", self.name, self.process.pid)
+        if self.gated and self.released:
+            self._send_go()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # spawned while the cluster is built: attach() hooks it in once the loop runs
+        self.attach()
+        self.on_change()
+
+    def attach(self) -> None:
+        if self._fd is not None and not self._attached:
+            asyncio.get_running_loop().add_reader(self._fd, self._readable)
+            self._attached = True
+
+    def release(self) -> None:
+        """Let a gated process go on (now, and at every restart)."""
+        if not self.released:
+            self.released = True
+            self._send_go()
+
+    def _send_go(self) -> None:
+        if self.process is not None and self.process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.write(b"go\n")
+                self.process.stdin.close()
+
+    def _readable(self) -> None:
+        assert self._fd is not None
+        try:
+            chunk = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self._close_pipe()
+            return
+        self._buffer += chunk
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            try:
+                value = json.loads(line)
+            except ValueError:
+                log.warning("%s: not a JSON line: %r", self.name, line[:200])
+                continue
+            if isinstance(value, dict):
+                self.on_line(value)
+
+    def _close_pipe(self) -> None:
+        if self._fd is not None:
+            if self._attached:
+                asyncio.get_running_loop().remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            self._attached = False
+            self._buffer = b""
+
+    def reaped(self, pid: int, wait_status: int) -> bool:
+        """Record an exit if `pid` is this process; schedule its restart unless stopping."""
+        from nodemesh.runtime.workloads import exit_code_of
+
+        if self.process is None or self.process.pid != pid or self.process.returncode is not None:
+            return False
+        self.exit_code = exit_code_of(wait_status)
+        self.process.returncode = self.exit_code
+        self.exits += 1
+        if self._fd is not None:  # what it wrote before exiting
+            with contextlib.suppress(OSError):
+                self._readable()
+            self._close_pipe()
+        log.warning("%s exited with code %d", self.name, self.exit_code)
+        if not self.stopping:
+            self._schedule_restart()
+        self.on_change()
+        return True
+
+    def _schedule_restart(self) -> None:
+        healthy = time.monotonic() - self._started_at >= self.backoff.reset_after
+        self._failures = 1 if healthy else self._failures + 1
+        delay = self.backoff.delay(self._failures)
+        self.restart_pending = True
+        self.restarts += 1
+        self._restart = asyncio.get_running_loop().call_later(delay, self._restart_now)
+        log.info("restarting %s in %.2f s", self.name, delay)
+
+    def _restart_now(self) -> None:
+        self._restart = None
+        if not self.stopping:
+            self.start()
+
+    def signal(self, signum: signal.Signals) -> None:
+        if signum in (signal.SIGTERM, signal.SIGKILL):
+            self.stopping = True
+            if self._restart is not None:
+                self._restart.cancel()
+                self._restart = None
+                self.restart_pending = False
+        pid = self.pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signum)
+
+    def phase(self, ready: bool) -> str:
+        if self.running:
+            return "Running" if ready else "Starting"
+        if self.restart_pending:
+            return "Restarting"
+        return "Stopped" if self.stopping else "Failed"
+
+
+class MeshProcesses:
+    """The control plane and the node agents of one cluster (see module doc).
+
+    `changed` is set on every event (a process started or exited, the control plane serves, an
+    agent reported); the supervisor waits on it."""
+
+    def __init__(self, state: ClusterDir) -> None:
+        self.state = state
+        self.plan: ClusterPlan | None = None
+        self.changed = asyncio.Event()
+        self.controlplane = Supervised(
+            "control plane",
+            [
+                *(sys.executable, "-m", "nodemesh.cli.main", "controlplane", "serve"),
+                *("--cluster-dir", str(state.root)),
+            ],
+            state.controlplane_log,
+            self._on_controlplane,
+            self._changed,
+        )
+        self.agents: dict[str, Supervised] = {}
+        self.ready_once = False
+        self.serving = False
+        self.reports: dict[str, dict[str, object]] = {}
+        self.answered: set[str] = set()
+        """Nodes whose agent has ACKed or NACKed a first view."""
+
+    def _changed(self) -> None:
+        if not self.controlplane.running:
+            self.serving = False
+        self.changed.set()
+
+    # ---- starting ------------------------------------------------------------------------
+    def start_controlplane(self) -> None:
+        """Spawn the control plane (in the caller's network namespace: the sandbox's). It needs
+        only the cluster's directory (manifests, options): it plans for itself."""
+        self.controlplane.start()
+
+    def start_agents(self, plan: ClusterPlan) -> None:
+        """Spawn a node agent per node (the node namespaces must exist); each waits, imported
+        and ready, until the control plane serves."""
+        from nodemesh.runtime.placement import node_pods
+
+        self.plan = plan
+        for node in plan.nodes:
+            directory = self.state.agent_dir(node.name)
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.state.agent_pods(node.name).write_text(json.dumps(node_pods(plan, node.name)))
+            agent = Supervised(
+                f"node agent {node.name}",
+                [
+                    *(sys.executable, "-m", "nodemesh.runtime.nodeagent", "--wait-for-go"),
+                    *(str(self.state.root), node.name, "--address", plan.controlplane_address),
+                ],
+                directory / "agent.log",
+                functools.partial(self._on_agent, node.name),
+                self._changed,
+                netns_path=str(self.state.netns / node.name),
+                gated=True,
+            )
+            if self.ready_once:
+                agent.release()
+            self.agents[node.name] = agent
+            agent.start()
+
+    def attach(self) -> None:
+        """Hook the processes' output into the running event loop."""
+        for process in (self.controlplane, *self.agents.values()):
+            process.attach()
+        self.changed.set()
+
+    def _on_controlplane(self, line: dict[str, object]) -> None:
+        if line.get("event") != "ready":
+            return
+        self.serving = True
+        if not self.ready_once:
+            self.ready_once = True
+            for agent in self.agents.values():
+                agent.release()
+        self.changed.set()
+
+    def _on_agent(self, node: str, line: dict[str, object]) -> None:
+        if line.get("event") != "agent":
+            return
+        self.reports[node] = line
+        if line.get("acked_version") or line.get("nack_reason"):
+            self.answered.add(node)
+        self.changed.set()
+
+    # ---- the supervisor's questions ----------------------------------------------------------
+    def reaped(self, pid: int, wait_status: int) -> bool:
+        return any(p.reaped(pid, wait_status) for p in (self.controlplane, *self.agents.values()))
+
+    def failure(self) -> str | None:
+        """Why the cluster cannot be built: the control plane exited before it ever served."""
+        if self.ready_once or self.controlplane.exits == 0:
+            return None
+        tail = ""
+        with contextlib.suppress(OSError):
+            tail = self.state.controlplane_log.read_text()[-2000:].strip()
+        return f"the control plane exited with code {self.controlplane.exit_code} before serving:\n{tail}"
+
+    def settled(self) -> bool:
+        """The control plane serves and every agent has answered its first view (or exited)."""
+        if not self.ready_once or self.plan is None:
+            return False
+        return all(n in self.answered or a.exits > 0 for n, a in self.agents.items())
+
+    def statuses(self) -> tuple[ControlPlaneStatus, tuple[AgentStatus, ...]]:
+        cp = self.controlplane
+        control = ControlPlaneStatus(
+            cp.phase(self.serving),
+            self.plan.controlplane_address if self.plan is not None else "",
+            self.state.admin_address,
+            cp.pid,
+            cp.restarts,
+            cp.exit_code,
+        )
+        agents = []
+        for node in self.plan.nodes if self.plan is not None else ():
+            agent = self.agents[node.name]
+            report = self.reports.get(node.name, {})
+            if agent.process is None:
+                agents.append(AgentStatus(node.name, "Pending"))
+                continue
+            agents.append(
+                AgentStatus(
+                    node.name,
+                    agent.phase(bool(report)),
+                    connected=bool(report.get("connected")) and agent.running,
+                    acked_version=str(report.get("acked_version", "")),
+                    resources=_int(report.get("resources")),
+                    certificates=_int(report.get("certificates")),
+                    nack_version=str(report.get("nack_version", "")),
+                    nack_reason=str(report.get("nack_reason", "")),
+                    pid=agent.pid,
+                    restarts=agent.restarts,
+                )
+            )
+        return control, tuple(agents)
+
+    # ---- stopping ------------------------------------------------------------------------
+    def running_pids(self) -> list[int]:
+        return [p for p in (s.pid for s in (self.controlplane, *self.agents.values())) if p is not None]
+
+    def signal_all(self, signum: signal.Signals) -> None:
+        for process in (*self.agents.values(), self.controlplane):
+            process.signal(signum)
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) else 0
