@@ -18,9 +18,11 @@ sink that does I/O should queue.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Protocol
+
+from nodemesh.policy.decision import Decision
 
 __all__ = [
     "ConnectionRecord",
@@ -82,6 +84,9 @@ class ConnectionRecord:
     response_flags: str = "-"
     """ztunnel's flags: `-`, `DENY`, `CONNECT`, `TLS_FAILURE`, `IDENTITY_ERROR`, ..."""
     error: str | None = None
+    decision: Decision | None = field(default=None, compare=False)
+    """The policy decision the record's verdict came from (admission, or the revocation that
+    closed it), for observers that need more than `policy`/`rule` (the drop reason)."""
 
     @property
     def reporter(self) -> str:
@@ -91,6 +96,7 @@ class ConnectionRecord:
     def as_dict(self) -> dict[str, object]:
         """Plain JSON-ready values (enums as their strings)."""
         out = asdict(self)
+        del out["decision"]
         out["direction"] = self.direction.value
         out["verdict"] = self.verdict.value
         out["security_policy"] = self.security_policy.value

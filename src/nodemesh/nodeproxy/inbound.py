@@ -149,6 +149,19 @@ def decide_plaintext(
     return _authorize(engine, pod, peer[0], None, port)
 
 
+class _InboundRelay(StreamRelay):
+    """The inbound relay answers the CONNECT with 200 the moment the application connection
+    exists, in `connection_made`, before any byte the application sends can be relayed: a
+    server-first application (SMTP, a database greeting) writes at once, and DATA must not
+    precede the response HEADERS on the stream. ztunnel likewise sends 200 after the upstream
+    connect and before it starts copying (reference §1.7)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.reset_code is None:
+            self.tunnel.respond(self.stream_id, 200)
+        super().connection_made(transport)
+
+
 @dataclass(slots=True)
 class _Outcome:
     """The plan a live connection is recorded under: the admission, or what later closed it."""
@@ -297,7 +310,7 @@ class InboundProxy:
                 error=relay.error,
             )
 
-        relay = StreamRelay(tunnel, on_done=done)
+        relay = _InboundRelay(tunnel, on_done=done)
         relay.stream_id = ev.stream_id
         tunnel.attach(ev.stream_id, relay)
 
@@ -340,7 +353,7 @@ class InboundProxy:
             tunnel.respond(relay.stream_id, 503, end_stream=True)
             relay.abandon(outcome.plan.reason)
             return
-        tunnel.respond(relay.stream_id, 200)
+        # the 200 went out in `_InboundRelay.connection_made`, before any application byte
 
     # ---- plaintext -------------------------------------------------------------------------
     async def _plaintext(self, sock: socket.socket, peer_addr: tuple[str, int]) -> None:
@@ -439,5 +452,6 @@ class InboundProxy:
                 security_policy=SecurityPolicy.MUTUAL_TLS if hbone is not None else SecurityPolicy.UNKNOWN,
                 response_flags=plan.response_flag,
                 error=error or (None if plan.allowed else reason),
+                decision=decision,
             )
         )

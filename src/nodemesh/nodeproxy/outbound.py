@@ -220,7 +220,7 @@ def _via_waypoint(
             original_dst,
             src_id,
             waypoint=waypoint,
-            reason=f"waypoint {waypoint.key} has no address",
+            reason=f"waypoint {waypoint.key} has no address: no waypoint proxy is running for it",
             response_flag="CONNECT",
         )
     return OutboundPlan(
@@ -525,5 +525,6 @@ class OutboundProxy:
                 security_policy=SecurityPolicy.MUTUAL_TLS if hbone else SecurityPolicy.UNKNOWN,
                 response_flags=flag or plan.response_flag,
                 error=error,
+                decision=decision,
             )
         )

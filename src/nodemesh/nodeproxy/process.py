@@ -1,0 +1,416 @@
+"""A node proxy process: one `AmbientNode` per node, on its own event loop, with its flow
+pipeline and `/metrics` (ztunnel's process: in-pod proxies, access log, metrics on 15020).
+
+    python -m nodemesh.nodeproxy.process --config node-0.json
+
+The runtime starts one per node, in the node's network namespace, with a JSON config
+(`NodeProxyConfig`, documented in docs/hbone.md "Running a node proxy"): the node, the
+manifests and the addresses the runtime assigned (pods and Service ClusterIPs), the pods of the
+node with their namespace files, where the SVIDs are, where flows go, the metrics address.
+
+Reporting and control, as the runtime's node agents do it: one JSON object per line on stdout
+(`{"event": "ready", ...}`, then `pods`, `reloaded`, `error`, `stopped`); SIGHUP re-reads the
+config file (new manifests = new policies and pods: `update_policy` closes live connections no
+longer allowed, then the pods are reconciled) and answers with a `reloaded` line; SIGTERM or
+SIGINT drains and exits 0. Pods whose certificate is not there yet are retried every
+`retry_seconds`; certificates are re-read every `credential_refresh_seconds`.
+
+Everything the process owns is closed on the way out (pods' listeners and connections, the
+metrics server, the flow file); the in-pod capture stays, so traffic of the node's pods fails
+closed until the next node proxy takes over (see `node.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import ipaddress
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nodemesh.ca import CertificateAuthority, RootCA, TrustBundle
+from nodemesh.errors import NodemeshError
+from nodemesh.model.validate import load_documents
+from nodemesh.model.world import World
+from nodemesh.nodeproxy.credentials import AgentCertificates, AuthorityCredentials, CredentialSource
+from nodemesh.nodeproxy.node import AmbientNode, NodeProxySettings, PodAttachment, PodChanges
+from nodemesh.nodeproxy.observe_adapter import FlowRecorder
+from nodemesh.nodeproxy.runtime import TaskSet, loop_name, new_event_loop, tune_allocator
+from nodemesh.observe import FlowPipeline, FlowRing, FlowWriter, MetricsServer, TcpMetrics
+from nodemesh.policy.engine import PolicyEngine
+
+__all__ = [
+    "CredentialConfig",
+    "NodeProxyConfig",
+    "build_world",
+    "credential_source",
+    "main",
+    "run_node_proxy",
+    "serve_node_proxy",
+]
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[dict[str, object]], None]
+
+
+class ConfigError(NodemeshError):
+    """A node proxy config that cannot be used (the message names the field)."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialConfig:
+    """Where SVIDs come from: `agent` (the node agent's certificate directory + a bundle file)
+    or `ca` (a CA directory in the control plane's layout: signer.crt, signer.key, roots.pem;
+    the node proxy signs itself, without node authorization: tests and standalone use)."""
+
+    kind: str
+    directory: Path
+    bundle: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("agent", "ca"):
+            raise ConfigError(f"credentials.kind must be 'agent' or 'ca', not {self.kind!r}")
+        if self.kind == "agent" and self.bundle is None:
+            raise ConfigError("credentials.bundle is required for kind 'agent'")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeProxyConfig:
+    """Everything one node proxy process needs (see docs/hbone.md, "Running a node proxy")."""
+
+    node: str
+    manifests: tuple[Path, ...]
+    """Manifest files or directories: the world and its policies."""
+    pods: tuple[PodAttachment, ...]
+    """The pods on this node, with their network namespace files (ambient ones are served)."""
+    credentials: CredentialConfig
+    pod_ips: Mapping[str, str] = field(default_factory=dict)
+    """`ns/pod` -> address, as the runtime assigned them."""
+    service_ips: Mapping[str, str] = field(default_factory=dict)
+    """`ns/service` -> ClusterIP, as the runtime assigned them."""
+    cluster_name: str | None = None
+    mode: str | None = None
+    """The cluster's data path mode as the runtime planned it (`World.mode_override`)."""
+    flows_dir: Path | None = None
+    """Where `<node>.jsonl` is written (`nodemesh observe --flows-dir`); None: no export."""
+    metrics: tuple[str, int] | None = ("0.0.0.0", 15020)
+    """`/metrics` address (ztunnel's 15020); None: no metrics endpoint."""
+    manage_capture: bool = True
+    use_uvloop: bool = True
+    credential_refresh_seconds: float = 30.0
+    retry_seconds: float = 0.5
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, object]) -> NodeProxyConfig:
+        try:
+            creds = raw["credentials"]
+            assert isinstance(creds, Mapping)
+            metrics = raw.get("metrics", "0.0.0.0:15020")
+            metrics_addr = None
+            if metrics is not None:
+                host, _, port = str(metrics).rpartition(":")
+                metrics_addr = (host.strip("[]") or "0.0.0.0", int(port))
+            pods_raw = raw.get("pods", [])
+            assert isinstance(pods_raw, list)
+            manifests = raw.get("manifests", [])
+            assert isinstance(manifests, list)
+            flows = raw.get("flows_dir")
+            return cls(
+                node=str(raw["node"]),
+                manifests=tuple(Path(str(p)) for p in manifests),
+                pods=tuple(
+                    PodAttachment(str(p["namespace"]), str(p["name"]), str(p["netns"])) for p in pods_raw
+                ),
+                credentials=CredentialConfig(
+                    str(creds["kind"]),
+                    Path(str(creds["directory"])),
+                    Path(str(creds["bundle"])) if creds.get("bundle") else None,
+                ),
+                pod_ips=_str_map(raw.get("pod_ips", {})),
+                service_ips=_str_map(raw.get("service_ips", {})),
+                cluster_name=_opt_str(raw.get("cluster_name")),
+                mode=_opt_str(raw.get("mode")),
+                flows_dir=Path(str(flows)) if flows else None,
+                metrics=metrics_addr,
+                manage_capture=bool(raw.get("manage_capture", True)),
+                use_uvloop=bool(raw.get("use_uvloop", True)),
+                credential_refresh_seconds=float(str(raw.get("credential_refresh_seconds", 30.0))),
+                retry_seconds=float(str(raw.get("retry_seconds", 0.5))),
+            )
+        except (KeyError, TypeError, ValueError, AssertionError) as exc:
+            raise ConfigError(f"invalid node proxy config: {exc!r}") from exc
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "node": self.node,
+            "manifests": [str(p) for p in self.manifests],
+            "pods": [{"namespace": p.namespace, "name": p.name, "netns": p.netns} for p in self.pods],
+            "credentials": {
+                "kind": self.credentials.kind,
+                "directory": str(self.credentials.directory),
+                "bundle": str(self.credentials.bundle) if self.credentials.bundle else None,
+            },
+            "pod_ips": dict(self.pod_ips),
+            "service_ips": dict(self.service_ips),
+            "cluster_name": self.cluster_name,
+            "mode": self.mode,
+            "flows_dir": str(self.flows_dir) if self.flows_dir else None,
+            "metrics": f"{self.metrics[0]}:{self.metrics[1]}" if self.metrics else None,
+            "manage_capture": self.manage_capture,
+            "use_uvloop": self.use_uvloop,
+            "credential_refresh_seconds": self.credential_refresh_seconds,
+            "retry_seconds": self.retry_seconds,
+        }
+
+    @classmethod
+    def load(cls, path: Path) -> NodeProxyConfig:
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read the node proxy config {path}: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the config must be a JSON object")
+        return cls.from_dict(raw)
+
+    def write(self, path: Path) -> None:
+        """Write atomically (what a runtime does before SIGHUP)."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        os.replace(tmp, path)
+
+
+def _pod(raw: object) -> PodAttachment:
+    if not isinstance(raw, Mapping):
+        raise TypeError("each pod is an object {namespace, name, netns}")
+    return PodAttachment(str(raw["namespace"]), str(raw["name"]), str(raw["netns"]))
+
+
+def _str_map(raw: object) -> dict[str, str]:
+    if not isinstance(raw, Mapping):
+        raise TypeError("expected an object of strings")
+    return {str(k): str(v) for k, v in raw.items()}
+
+
+def _opt_str(raw: object) -> str | None:
+    return None if raw is None else str(raw)
+
+
+def build_world(config: NodeProxyConfig) -> World:
+    """The world from the manifests, with the runtime's pod addresses and Service ClusterIPs."""
+    docs = load_documents([str(p) for p in config.manifests])
+    world = World.build(docs, ips=dict(config.pod_ips))
+    if config.cluster_name is not None:
+        world.cluster_name = config.cluster_name
+    if config.mode is not None:
+        world.mode_override = config.mode
+    for key, ip in config.service_ips.items():
+        ns, _, name = key.partition("/")
+        svc = world.services.get((ns, name))
+        if svc is not None:
+            world.services[(ns, name)] = dataclasses.replace(svc, cluster_ip=ipaddress.ip_address(ip))
+    return world
+
+
+def credential_source(config: CredentialConfig) -> CredentialSource:
+    if config.kind == "agent":
+        assert config.bundle is not None
+        return AgentCertificates(config.directory, config.bundle)
+    d = config.directory
+    signer = RootCA.from_pem((d / "signer.crt").read_bytes(), (d / "signer.key").read_bytes())
+    roots = TrustBundle.from_pem((d / "roots.pem").read_bytes()).roots if (d / "roots.pem").exists() else ()
+    return AuthorityCredentials(CertificateAuthority.create(signer, [r for r in roots if r != signer.cert]))
+
+
+def _changes(changes: PodChanges, failed: Mapping[str, str]) -> dict[str, object]:
+    return {
+        "added": sorted(p.pod.key for p in changes.add if p.pod.key not in failed),
+        "removed": sorted(changes.remove),
+        "skipped": {p.pod.key: p.reason for p in changes.skip},
+        "failed": dict(failed),
+    }
+
+
+class _NodeProxyProcess:
+    """The process's state: the node, its pipeline, metrics, and the control loop."""
+
+    def __init__(self, config: NodeProxyConfig, reload: Callable[[], NodeProxyConfig] | None, report: Report):
+        self.config = config
+        self.reload_config = reload
+        self.report = report
+        self.tasks = TaskSet(f"node-proxy {config.node}")
+        self.stop = asyncio.Event()
+        self.reloads: asyncio.Queue[None] = asyncio.Queue()
+        self.generation = 0
+        self.failed: dict[str, str] = {}
+        world = build_world(config)
+        self.metrics = TcpMetrics()
+        writer = FlowWriter(config.flows_dir, config.node) if config.flows_dir is not None else None
+        self.pipeline = FlowPipeline(FlowRing(), self.metrics, writer)
+        self.recorder = FlowRecorder(self.pipeline, config.node, world)
+        self.node = AmbientNode(
+            node=config.node,
+            engine=PolicyEngine(world, "ambient"),
+            credentials=credential_source(config.credentials),
+            sink=self.recorder,
+            settings=NodeProxySettings(manage_capture=config.manage_capture),
+        )
+        self.metrics_server = MetricsServer(self.metrics, *config.metrics) if config.metrics else None
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop.set)
+            loop.add_signal_handler(signal.SIGHUP, self.reloads.put_nowait, None)
+        try:
+            if self.metrics_server is not None:
+                await self.metrics_server.start()
+            changes, self.failed = await self.node.sync_pods(self.config.pods)
+            self.report(
+                {
+                    "event": "ready",
+                    "node": self.config.node,
+                    "loop": loop_name(loop),
+                    "pods": sorted(self.node.pods),
+                    "metrics_port": self.metrics_server.port if self.metrics_server else None,
+                    **_changes(changes, self.failed),
+                }
+            )
+            self.tasks.spawn(self._reloads(), name="reloads")
+            self.tasks.spawn(self._refresh(), name="credentials")
+            await self.stop.wait()
+        finally:
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+            await self.tasks.close(grace=0.0)
+            await self.node.close()
+            if self.metrics_server is not None:
+                await self.metrics_server.close()
+            self.pipeline.close()
+            self.report({"event": "stopped", "node": self.config.node, "flows": self.recorder.recorded})
+
+    async def _reloads(self) -> None:
+        while True:
+            await self.reloads.get()
+            if self.reload_config is None:
+                continue
+            try:
+                config = self.reload_config()
+                world = build_world(config)
+            except (NodemeshError, OSError) as exc:
+                self.report({"event": "error", "node": self.config.node, "error": str(exc)})
+                continue
+            self.config = config
+            self.generation += 1
+            self.recorder.world = world
+            closed = self.node.update_policy(PolicyEngine(world, "ambient"))
+            changes, self.failed = await self.node.sync_pods(config.pods)
+            self.report(
+                {
+                    "event": "reloaded",
+                    "node": config.node,
+                    "generation": self.generation,
+                    "closed": closed,
+                    "pods": sorted(self.node.pods),
+                    **_changes(changes, self.failed),
+                }
+            )
+
+    async def _refresh(self) -> None:
+        """Re-read certificates; retry pods that could not be served yet (no SVID)."""
+        since_refresh = 0.0
+        while True:
+            delay = self.config.retry_seconds if self.failed else self.config.credential_refresh_seconds
+            await asyncio.sleep(delay)
+            since_refresh += delay
+            if since_refresh >= self.config.credential_refresh_seconds:
+                since_refresh = 0.0
+                self.node.refresh_credentials()
+            if self.failed:
+                changes, self.failed = await self.node.sync_pods(self.config.pods)
+                if changes.add:
+                    self.report(
+                        {
+                            "event": "pods",
+                            "node": self.config.node,
+                            "pods": sorted(self.node.pods),
+                            **_changes(changes, self.failed),
+                        }
+                    )
+
+
+def _print_report(event: dict[str, object]) -> None:
+    print(json.dumps(event, sort_keys=True), flush=True)
+
+
+async def serve_node_proxy(
+    config: NodeProxyConfig,
+    *,
+    reload: Callable[[], NodeProxyConfig] | None = None,
+    report: Report = _print_report,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+) -> None:
+    """Run a node proxy on the running loop until SIGTERM/SIGINT (or `stop` is set).
+
+    `handle_signals=False` (a loop outside the main thread) leaves the signals alone: stop it
+    with `stop`."""
+    process = _NodeProxyProcess(config, reload, report)
+    if stop is not None:
+        process.stop = stop
+    await process.run(handle_signals=handle_signals)
+
+
+def run_node_proxy(config: NodeProxyConfig, config_path: Path | None = None) -> None:
+    """What the runtime calls in a node proxy process: a fresh loop (uvloop unless the config
+    says otherwise), then `serve_node_proxy` until SIGTERM/SIGINT. With `config_path`, SIGHUP
+    re-reads the config."""
+    if os.environ.get("NODEMESH_NO_MALLOPT") != "1":
+        tune_allocator()
+    loop = new_event_loop(use_uvloop=config.use_uvloop)
+    reload = (lambda: NodeProxyConfig.load(config_path)) if config_path is not None else None
+    try:
+        loop.run_until_complete(serve_node_proxy(config, reload=reload))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m nodemesh.nodeproxy.process",
+        description="Run the ambient node proxy of one node (see docs/hbone.md).",
+    )
+    parser.add_argument("--config", type=Path, required=True, help="the node proxy's JSON config")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = NodeProxyConfig.load(args.config)
+        run_node_proxy(config, args.config)
+    except NodemeshError as exc:
+        print(f"node proxy: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:  # a CA directory or a namespace file that is not there
+        print(f"node proxy: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
