@@ -17,11 +17,12 @@ import pytest
 from nodemesh.ca import CertificateAuthority, RootCA
 from nodemesh.model.world import Workload, World
 from nodemesh.nodeproxy import (
+    LISTEN_BACKLOG,
     CredentialStore,
     HbonePool,
+    HostSocketFactory,
     InboundProxy,
     ListSink,
-    MarkedSocketFactory,
     OutboundProxy,
     PoolSettings,
     TaskSet,
@@ -79,7 +80,9 @@ class Mesh:
         bundle = self.ca.bundle.to_pem()
         self.client_creds = CredentialStore(bundle, [client_cert])
         self.server_creds = CredentialStore(bundle, [server_cert])
-        self.sockets = MarkedSocketFactory(mark=None)
+        self.sockets = HostSocketFactory(
+            mark=None, backlog=LISTEN_BACKLOG, freebind=True, bind_no_port=True, dual_stack=False
+        )
         self._closers: list[Callable[[], Awaitable[Any]]] = []
 
     async def start(self, *, app: bool = True, body: bytes = b"hello\n") -> None:

@@ -23,6 +23,11 @@ Invariants:
   passes ztunnel over SCM_RIGHTS): the namespace lives as long as the factory is open, so close
   it when the pod goes away.
 
+`HostSocketFactory` takes the node proxy's options for sockets in its own namespace: a
+factory-wide listen `backlog`, `freebind` (IP_FREEBIND next to IP_TRANSPARENT), `bind_no_port`
+(transparent sockets bound with `bind_source`) and `dual_stack=False` (leave IPV6_V6ONLY at the
+system default). The defaults are the in-pod behaviour above.
+
 `original_dst` reads the address a REDIRECTed connection was sent to (SO_ORIGINAL_DST, what
 `ZT:src/socket.rs` `orig_dst_addr` reads); `parse_sockaddr` is its pure half.
 """
@@ -51,6 +56,7 @@ __all__ = [
     "PodSocketFactory",
     "SocketAddress",
     "SocketFactory",
+    "bind_source",
     "original_dst",
     "parse_sockaddr",
 ]
@@ -59,6 +65,8 @@ SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h, level SOL_IP
 IP6T_SO_ORIGINAL_DST = 80  # linux/netfilter_ipv6/ip6_tables.h, level SOL_IPV6
 SOL_IPV6 = 41
 IPV6_TRANSPARENT = 75  # linux/in6.h
+IP_FREEBIND = 15  # linux/in.h
+IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h: pick the port at connect(), not bind()
 LISTEN_BACKLOG = 128  # ztunnel's `sock.listen(128)`
 
 T = TypeVar("T")
@@ -120,7 +128,7 @@ class SocketFactory(Protocol):
     same proxy code binds in the node's namespace or inside a pod's, with or without a mark."""
 
     def tcp_bind(
-        self, port: int, host: str = "0.0.0.0", *, backlog: int = LISTEN_BACKLOG, transparent: bool = False
+        self, port: int, host: str = "0.0.0.0", *, backlog: int | None = None, transparent: bool = False
     ) -> socket.socket: ...
 
     def new_tcp(self, family: int = socket.AF_INET) -> socket.socket: ...
@@ -133,9 +141,22 @@ class SocketFactory(Protocol):
 class _Factory:
     """The socket options shared by both factories; subclasses decide where `socket()` runs."""
 
-    def __init__(self, *, mark: int | None, reuse_port: bool) -> None:
+    def __init__(
+        self,
+        *,
+        mark: int | None,
+        reuse_port: bool,
+        backlog: int = LISTEN_BACKLOG,
+        freebind: bool = False,
+        bind_no_port: bool = False,
+        dual_stack: bool = True,
+    ) -> None:
         self.mark = mark
         self.reuse_port = reuse_port
+        self.backlog = backlog
+        self.freebind = freebind
+        self.bind_no_port = bind_no_port
+        self.dual_stack = dual_stack
 
     def _create(self, family: int, kind: int) -> socket.socket:
         return socket.socket(family, kind)
@@ -154,21 +175,22 @@ class _Factory:
         return self._configure(self._create(family, kind))
 
     def tcp_bind(
-        self, port: int, host: str = "0.0.0.0", *, backlog: int = LISTEN_BACKLOG, transparent: bool = False
+        self, port: int, host: str = "0.0.0.0", *, backlog: int | None = None, transparent: bool = False
     ) -> socket.socket:
-        """A listening TCP socket on `host:port` (`::` makes a dual-stack one)."""
+        """A listening TCP socket on `host:port` (`::` makes a dual-stack one unless the factory
+        has `dual_stack=False`); `backlog` None is the factory's."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = self._new(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if self.reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
+            if family == socket.AF_INET6 and self.dual_stack:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             if transparent:
-                _set_transparent(sock)
+                _set_transparent(sock, freebind=self.freebind)
             sock.bind((host, port))
-            sock.listen(backlog)
+            sock.listen(self.backlog if backlog is None else backlog)
         except BaseException:
             sock.close()
             raise
@@ -186,8 +208,11 @@ class _Factory:
         family = socket.AF_INET6 if ":" in source else socket.AF_INET
         sock = self._new(family, socket.SOCK_STREAM)
         try:
-            _set_transparent(sock)
-            sock.bind((source, 0))
+            _set_transparent(sock, freebind=self.freebind)
+            if self.bind_no_port:
+                bind_source(sock, source)
+            else:
+                sock.bind((source, 0))
         except BaseException:
             sock.close()
             raise
@@ -207,19 +232,46 @@ class _Factory:
         return sock
 
 
-def _set_transparent(sock: socket.socket) -> None:
+def _set_transparent(sock: socket.socket, *, freebind: bool = False) -> None:
     if sock.family == socket.AF_INET6:
         sock.setsockopt(SOL_IPV6, IPV6_TRANSPARENT, 1)
     else:
         sock.setsockopt(socket.SOL_IP, socket.IP_TRANSPARENT, 1)
+        if freebind:
+            sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+
+
+def bind_source(sock: socket.socket, source: str) -> None:
+    """Bind an outgoing socket to `source` with its port chosen at connect() time
+    (IP_BIND_ADDRESS_NO_PORT): `bind(ip, 0)` would search the ephemeral range for a port unused
+    by ANY socket on that address, which becomes milliseconds under connection churn."""
+    if sock.family == socket.AF_INET:
+        sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+    sock.bind((source, 0))
 
 
 class HostSocketFactory(_Factory):
     """Sockets in the caller's own namespace (ztunnel's `DefaultSocketFactory`), unmarked by
     default: the node proxy's node-side sockets, and a stand-in for tests."""
 
-    def __init__(self, *, mark: int | None = None, reuse_port: bool = False) -> None:
-        super().__init__(mark=mark, reuse_port=reuse_port)
+    def __init__(
+        self,
+        *,
+        mark: int | None = None,
+        reuse_port: bool = False,
+        backlog: int = LISTEN_BACKLOG,
+        freebind: bool = False,
+        bind_no_port: bool = False,
+        dual_stack: bool = True,
+    ) -> None:
+        super().__init__(
+            mark=mark,
+            reuse_port=reuse_port,
+            backlog=backlog,
+            freebind=freebind,
+            bind_no_port=bind_no_port,
+            dual_stack=dual_stack,
+        )
 
 
 class PodSocketFactory(_Factory):

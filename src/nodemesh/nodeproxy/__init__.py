@@ -7,6 +7,8 @@ core in `nodemesh.protocols`. Decisions are pure functions returning frozen plan
 execute them. Sockets come through the `SocketFactory` seam, flow records go to a `FlowSink`.
 """
 
+from nodemesh.capture.rules import INPOD_MARK
+from nodemesh.capture.sockets import HostSocketFactory, SocketFactory
 from nodemesh.nodeproxy.flow import (
     ConnectionRecord,
     Direction,
@@ -28,18 +30,13 @@ from nodemesh.nodeproxy.pool import HbonePool, PoolKey, PoolSettings
 from nodemesh.nodeproxy.registry import ConnectionRegistry, Revocation, TrackedConnection
 from nodemesh.nodeproxy.relay import StreamRelay, TcpRelay
 from nodemesh.nodeproxy.runtime import TaskSet, new_event_loop, tune_allocator
-from nodemesh.nodeproxy.socket_factory import (
-    INPOD_MARK,
-    MarkedSocketFactory,
-    OriginalDestination,
-    SocketFactory,
-    so_original_dst,
-)
+from nodemesh.nodeproxy.socket_factory import LISTEN_BACKLOG, OriginalDestination
 from nodemesh.nodeproxy.tls import CredentialStore, IdentityError, WorkloadCertificate
 from nodemesh.nodeproxy.tunnel import HboneTunnel, StreamHandler, TunnelClosedError
 
 __all__ = [
     "INPOD_MARK",
+    "LISTEN_BACKLOG",
     "ConnectionRecord",
     "ConnectionRegistry",
     "CredentialStore",
@@ -48,12 +45,12 @@ __all__ = [
     "FlowVerdict",
     "HbonePool",
     "HboneTunnel",
+    "HostSocketFactory",
     "IdentityError",
     "InboundPlan",
     "InboundProxy",
     "InboundRequest",
     "ListSink",
-    "MarkedSocketFactory",
     "NullSink",
     "OriginalDestination",
     "OutboundKind",
@@ -75,6 +72,5 @@ __all__ = [
     "decide_inbound",
     "decide_plaintext",
     "new_event_loop",
-    "so_original_dst",
     "tune_allocator",
 ]

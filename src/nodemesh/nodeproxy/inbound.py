@@ -30,13 +30,14 @@ import socket
 import time
 from dataclasses import dataclass
 
+from nodemesh.capture.sockets import SocketFactory
 from nodemesh.model.world import Workload, World
 from nodemesh.nodeproxy.flow import ConnectionRecord, Direction, FlowSink, FlowVerdict, SecurityPolicy
 from nodemesh.nodeproxy.outbound import HBONE_PORT, ILLEGAL_PORTS, refuse
 from nodemesh.nodeproxy.registry import ConnectionRegistry, TrackedConnection
 from nodemesh.nodeproxy.relay import StreamRelay, TcpRelay
 from nodemesh.nodeproxy.runtime import TaskSet
-from nodemesh.nodeproxy.socket_factory import OriginalDestination, SocketFactory
+from nodemesh.nodeproxy.socket_factory import OriginalDestination
 from nodemesh.nodeproxy.tls import CredentialStore, principal_of, trust_domain_of, verify_client_identity
 from nodemesh.nodeproxy.tunnel import HboneTunnel
 from nodemesh.policy.decision import Decision

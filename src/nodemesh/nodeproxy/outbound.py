@@ -33,12 +33,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from nodemesh.capture.sockets import SocketFactory
 from nodemesh.model.world import ServiceInfo, Waypoint, Workload, World
 from nodemesh.nodeproxy.flow import ConnectionRecord, Direction, FlowSink, FlowVerdict, SecurityPolicy
 from nodemesh.nodeproxy.pool import HbonePool, PoolKey
 from nodemesh.nodeproxy.relay import StreamRelay, TcpRelay
 from nodemesh.nodeproxy.runtime import TaskSet
-from nodemesh.nodeproxy.socket_factory import OriginalDestination, SocketFactory
+from nodemesh.nodeproxy.socket_factory import OriginalDestination
 from nodemesh.nodeproxy.tls import IdentityError, identity_uri
 from nodemesh.nodeproxy.tunnel import TunnelClosedError
 from nodemesh.policy.decision import Decision

@@ -31,7 +31,7 @@ import logging
 import socket
 from dataclasses import dataclass, field
 
-from nodemesh.nodeproxy.socket_factory import SocketFactory, bind_source
+from nodemesh.capture.sockets import SocketFactory, bind_source
 from nodemesh.nodeproxy.tls import CredentialStore, verify_server_identity
 from nodemesh.nodeproxy.tunnel import HboneTunnel, StreamHandler
 from nodemesh.protocols import HboneClient, HboneSettings

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nodemesh.ca import CertificateAuthority, RootCA, SpiffeId, build_csr, generate_key, key_pem
+from nodemesh.capture.sockets import HostSocketFactory
 from nodemesh.model.loader import load_text
 from nodemesh.model.validate import parse_documents
 from nodemesh.model.world import Workload, World
@@ -37,7 +38,7 @@ from nodemesh.nodeproxy.inbound import InboundProxy
 from nodemesh.nodeproxy.outbound import OutboundProxy
 from nodemesh.nodeproxy.pool import HbonePool, PoolSettings
 from nodemesh.nodeproxy.runtime import TaskSet, loop_name, new_event_loop, tune_allocator
-from nodemesh.nodeproxy.socket_factory import MarkedSocketFactory
+from nodemesh.nodeproxy.socket_factory import LISTEN_BACKLOG
 from nodemesh.nodeproxy.tls import CredentialStore, WorkloadCertificate
 from nodemesh.policy.engine import PolicyEngine
 
@@ -183,7 +184,9 @@ async def serve(spec: TestbedSpec, certs: Path, role: str, pool_idle: float) -> 
     world = build_world(spec)
     engine = PolicyEngine(world, "ambient")
     creds = load_credentials(certs, spec)
-    sockets = MarkedSocketFactory(mark=None)
+    sockets = HostSocketFactory(
+        mark=None, backlog=LISTEN_BACKLOG, freebind=True, bind_no_port=True, dual_stack=False
+    )
     tasks = TaskSet(f"testbed-{role}")
     sink = ListSink()
     counters: dict[str, object] = {"loop": loop_name(loop)}
