@@ -38,17 +38,26 @@ step $NM analyze -f $SHOP --mode kernel
 if [ "$(id -u)" -ne 0 ]; then
   echo; echo "== (skipping the live cluster: nodemesh up needs root)"; exit 0
 fi
+AMBIENT=examples/shop-ambient-l4
 echo
-echo "== The same shop as a live cluster: 2 nodes from network namespaces, the control plane and a"
-echo "== node agent per node. The ambient data path is not built yet, so the cluster runs with no"
-echo "== mesh (mode none): traffic flows, nothing is enforced; the verdicts above are what the mesh will do."
+echo "== The shop as a live cluster in ambient mode: 2 nodes from network namespaces, the control"
+echo "== plane, and per node a node agent and a node proxy (in-pod capture, HBONE mTLS, L4 policy)."
+echo "== The waypoint proxy (L7) is not built yet, so the live cluster runs $AMBIENT/: the same"
+echo "== workloads in an ambient namespace WITHOUT istio.io/use-waypoint, and one L4 AuthorizationPolicy"
+echo "== (orders-allow-frontend-principal) that admits only frontend's identity to orders."
 NAME=demo-$$
 trap '$NM down --name $NAME >/dev/null 2>&1' EXIT
-step $NM up -f $SHOP --name $NAME
+step $NM up -f $AMBIENT --name $NAME || exit 1
 step $NM status --name $NAME
-step $NM exec --name $NAME shop/frontend -- curl -s -m 5 http://orders.shop:8080/api/v1/orders/7
 echo
-step $NM exec --name $NAME shop/reporting -- curl -s -m 5 -o /dev/null -w "reporting -> orders: HTTP %{http_code} (no mesh: not enforced)\n" http://orders:8080/api/v1/orders/7
+echo "== frontend -> orders (plain curl; captured, tunnelled over HBONE mTLS, allowed at orders):"
+step $NM exec --name $NAME shop/frontend -- curl -sS -m 5 -o /dev/null -w "frontend -> orders: HTTP %{http_code}\n" http://orders.shop:8080/api/v1/orders/7
+echo
+echo "== reporting -> orders (denied by the destination's node proxy: the connection is reset):"
+step $NM exec --name $NAME shop/reporting -- curl -sS -m 5 -o /dev/null -w "reporting -> orders: HTTP %{http_code}\n" http://orders.shop:8080/api/v1/orders/7
+echo
+echo "== The flow records of both, from each end (source and destination node proxy):"
+step $NM observe --name $NAME --last 10
 step $NM down --name $NAME
 trap - EXIT
 exit 0

@@ -161,7 +161,7 @@ def test_service_selecting_nothing_is_a_warning_not_an_error() -> None:
     assert next(s for s in plan.services if s.name == "lonely").ports[0].endpoints == ()
 
 
-def test_cluster_resource_sets_name_nodes_and_cidrs_and_mesh_modes_fall_back_to_none() -> None:
+def test_cluster_resource_sets_name_nodes_and_cidrs_and_ambient_is_planned() -> None:
     text = """
 apiVersion: nodemesh.io/v1alpha1
 kind: Cluster
@@ -173,9 +173,25 @@ spec: {nodes: 3, mode: ambient, podCIDR: 10.20.0.0/16, serviceCIDR: 10.30.0.0/24
     assert plan.name == "lab" and len(plan.nodes) == 3
     assert str(plan.nodes[2].pod_cidr) == "10.20.2.0/24"
     assert {p.node for p in plan.find_pods("t/a")} == {"node-0", "node-1", "node-2"}
-    assert (plan.mode, plan.requested_mode) == ("none", "ambient")
-    assert any("mode 'ambient'" in w for w in plan.warnings)
+    assert (plan.mode, plan.requested_mode) == ("ambient", "ambient")
+    assert not any("mode 'ambient'" in w for w in plan.warnings)
     assert _plan(text, name="other", nodes=1).name == "other"
+
+
+def test_a_mode_without_a_local_data_path_warns_and_runs_as_none() -> None:
+    """`kernel` has no data path in the local runtime yet: it is planned as `none`, with a warning
+    (the mesh is off, rather than half on)."""
+    text = """
+apiVersion: nodemesh.io/v1alpha1
+kind: Cluster
+metadata: {name: lab}
+spec: {nodes: 2, mode: kernel}
+---
+""" + _deployment("a", 2)
+    plan = _plan(text)
+    assert (plan.mode, plan.requested_mode) == ("none", "kernel")
+    assert any("mode 'kernel'" in w and "running with mode 'none'" in w for w in plan.warnings)
+    assert _plan(text.replace("mode: kernel", "mode: none")).warnings == ()
 
 
 def test_nodemesh_commands_run_this_checkout() -> None:
@@ -238,3 +254,15 @@ spec:
     assert not any("veth" in line for s in steps if s.netns == "node-1" for line in s.batch)
     with pytest.raises(ManifestError, match="already taken by host-network pod t/a"):
         _plan(pod.format(name="a") + pod.format(name="b"))
+
+
+def test_ambient_services_that_use_a_waypoint_are_warned_about() -> None:
+    """Istio ambient: traffic to a Service labelled (or in a namespace labelled)
+    `istio.io/use-waypoint` is sent to that waypoint, never straight to an endpoint
+    (istio-ambient.md, outbound step 1). The local runtime runs no waypoint proxy yet, so `up`
+    says which Services the node proxies will refuse; the shop without that label has none."""
+    shop = plan_cluster(World.build(load_documents([SHOP])))
+    assert shop.mode == "ambient"
+    assert any("service shop/orders uses waypoint shop/waypoint" in w for w in shop.warnings)
+    l4 = plan_cluster(World.build(load_documents([str(Path(SHOP).parent / "shop-ambient-l4")])))
+    assert l4.mode == "ambient" and l4.warnings == ()

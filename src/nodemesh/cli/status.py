@@ -2,7 +2,9 @@
 endpoints). A pod whose process exited shows its exit code. Per node, its agent's sync state:
 connected to the control plane or not, the version of the view it ACKed (the one it serves),
 whether that is the control plane's current view, and the reason of a NACK, if the last push was
-refused (the node then keeps its previous view). The control plane's line shows its revision."""
+refused (the node then keeps its previous view). The control plane's line shows its revision.
+In mode ambient, each node's proxy: its phase and the ambient pods it serves (`served/expected`),
+and the pods it is still waiting for (e.g. no SVID yet)."""
 
 from __future__ import annotations
 
@@ -49,6 +51,14 @@ def render(status: ClusterStatus) -> str:
         lines.append(
             f"{a.node:9} {a.phase:10} {'yes' if a.connected else 'no':9} {a.acked_version or '-':6} "
             f"{synced:6} {a.resources:<9} {nack}"
+        )
+    if status.node_proxies:
+        lines += ["", f"{'NODE PROXY':10} {'PHASE':10} {'PODS':5} {'RESTARTS':8} SERVING"]
+    for n in status.node_proxies:
+        served = f"{len(set(n.pods) & set(n.expected))}/{len(n.expected)}"
+        waiting = "".join(f"; waiting for {w}" for w in n.waiting)
+        lines.append(
+            f"{n.node:10} {n.phase:10} {served:5} {n.restarts:<8} {','.join(n.pods) or '-'}{waiting}"
         )
     lines += ["", f"{'POD':34} {'NODE':9} {'IP':15} {'PHASE':10} READY  EXIT"]
     for pod in status.pods:

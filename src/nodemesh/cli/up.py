@@ -4,8 +4,10 @@ Validates and plans everything first (nothing is built on bad input), then start
 supervisor in the background and shows its progress until every pod is ready. The cluster runs
 its own control plane (a root CA generated here, or `--ca-cert/--ca-key`; a credential per node;
 the manifests applied to it) and a node agent per node; `up` returns when every agent has
-ACKed its first view too. The cluster keeps running after the command returns; `nodemesh apply`
-changes its desired state, `nodemesh down` removes it.
+ACKed its first view too. In mode ambient (the default for manifests with an ambient namespace
+and no `Cluster` resource) it also runs a node proxy per node, and starts the workloads once
+every node proxy serves its node's ambient pods. The cluster keeps running after the command
+returns; `nodemesh apply` changes its desired state, `nodemesh down` removes it.
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
                 f"NACK: {f['nack_reason']}" if f["nack_reason"] else f"ACKed version {f['acked_version']}"
             )
             print(f"  agent {f['node']!s:8} {answer}", flush=True)
+        elif event.event == "nodeproxy" and f["phase"] == "Running":
+            pods, expected = f.get("pods"), f.get("expected")
+            if isinstance(pods, list) and isinstance(expected, list) and set(expected) <= set(pods):
+                print(f"  node proxy {f['node']!s:8} serving {len(pods)} ambient pods", flush=True)
 
     plan = control.plan_from(args.filename, name=args.name, nodes=args.nodes)
     for warning in plan.warnings:

@@ -1,7 +1,7 @@
 """A node proxy process: one `AmbientNode` per node, on its own event loop, with its flow
 pipeline and `/metrics` (ztunnel's process: in-pod proxies, access log, metrics on 15020).
 
-    python -m nodemesh.nodeproxy.process --config node-0.json
+    python -m nodemesh.nodeproxy.process --config node-0.json [--wait-for-go]
 
 The runtime starts one per node, in the node's network namespace, with a JSON config
 (`NodeProxyConfig`, documented in docs/hbone.md "Running a node proxy"): the node, the
@@ -394,7 +394,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--config", type=Path, required=True, help="the node proxy's JSON config")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--wait-for-go",
+        action="store_true",
+        help="imported, wait for a line on stdin before reading the config (the runtime sends it "
+        "once the node's agent holds its view and SVIDs)",
+    )
     args = parser.parse_args(argv)
+    if args.wait_for_go and not sys.stdin.readline():
+        return 1  # the supervisor went away first
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,

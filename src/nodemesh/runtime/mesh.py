@@ -19,6 +19,15 @@ configuration error, and the cluster's build fails with its log. While the contr
 down, agents keep serving the view they hold and reconnect with their own backoff; when it is
 back they resync (only differences move).
 
+In mode `ambient`, a node proxy per node too (`nodeproxy.process`, ztunnel's role), in the
+node's network namespace, supervised the same way. It is spawned with the agents, so its
+imports overlap theirs, but gated: it reads its config only once its node's agent has answered
+its first view (the agent writes the node's SVIDs; a pod whose SVID is not there yet is retried
+by the proxy every 0.1 s). It reports `ready` and `pods` lines naming the pods it serves; the
+data path is ready (`data_path_ready`) when every node proxy serves every ambient pod of its
+node, and only then does the supervisor start the workloads: the capture is in place from the
+build on, so a workload started earlier would have its first connections refused.
+
 `up` is ready when the control plane serves and every agent has answered its first view (an
 ACK; a NACK or an agent that exited is reported as a failure). Each agent reports what `status`
 shows as JSON lines on its stdout, read here without blocking the event loop.
@@ -41,9 +50,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nodemesh.runtime import netns
-from nodemesh.runtime.state import AgentStatus, ClusterDir, ControlPlaneStatus
+from nodemesh.runtime.state import AgentStatus, ClusterDir, ControlPlaneStatus, NodeProxyStatus
 
 if TYPE_CHECKING:
+    from nodemesh.model.world import World
     from nodemesh.runtime.topology import ClusterPlan
 
 # Light on purpose: the supervisor spawns the control plane before it imports the schemas and
@@ -52,6 +62,8 @@ if TYPE_CHECKING:
 __all__ = ["MeshProcesses", "RestartBackoff", "Supervised"]
 
 log = logging.getLogger(__name__)
+PROXY_START_ATTEMPTS = 3
+"""A node proxy that exits this many times without ever reporting ready fails `up`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +290,10 @@ class MeshProcesses:
         self.reports: dict[str, dict[str, object]] = {}
         self.answered: set[str] = set()
         """Nodes whose agent has ACKed or NACKed a first view."""
+        self.node_proxies: dict[str, Supervised] = {}
+        self.proxy_expected: dict[str, tuple[str, ...]] = {}
+        self.proxy_reports: dict[str, dict[str, object]] = {}
+        self.proxy_ready_once: set[str] = set()
 
     def _changed(self) -> None:
         if not self.controlplane.running:
@@ -317,9 +333,37 @@ class MeshProcesses:
             self.agents[node.name] = agent
             agent.start()
 
+    def start_node_proxies(self, plan: ClusterPlan, world: World) -> None:
+        """Mode ambient: spawn a node proxy per node, in its namespace, gated until its node's
+        agent has answered (see module doc). Writes `<cluster>/nodeproxy/<node>.json`."""
+        from nodemesh.runtime.nodeproxies import plan_node_proxies
+
+        for proxy in plan_node_proxies(world, plan, self.state):
+            path = self.state.node_proxy_config(proxy.node)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.state.flows.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(proxy.config, indent=2))
+            process = Supervised(
+                f"node proxy {proxy.node}",
+                [
+                    *(sys.executable, "-m", "nodemesh.nodeproxy.process", "--wait-for-go"),
+                    *("--config", str(path)),
+                ],
+                path.with_suffix(".log"),
+                functools.partial(self._on_node_proxy, proxy.node),
+                self._changed,
+                netns_path=str(self.state.netns / proxy.node),
+                gated=True,
+            )
+            if proxy.node in self.answered:
+                process.release()
+            self.node_proxies[proxy.node] = process
+            self.proxy_expected[proxy.node] = proxy.expected
+            process.start()
+
     def attach(self) -> None:
         """Hook the processes' output into the running event loop."""
-        for process in (self.controlplane, *self.agents.values()):
+        for process in self._processes():
             process.attach()
         self.changed.set()
 
@@ -339,14 +383,52 @@ class MeshProcesses:
         self.reports[node] = line
         if line.get("acked_version") or line.get("nack_reason"):
             self.answered.add(node)
+            proxy = self.node_proxies.get(node)
+            if proxy is not None:
+                proxy.release()
         self.changed.set()
+
+    def _on_node_proxy(self, node: str, line: dict[str, object]) -> None:
+        event = line.get("event")
+        if event in ("ready", "pods", "reloaded"):
+            if event == "ready":
+                self.proxy_ready_once.add(node)
+            self.proxy_reports[node] = line
+        elif event == "stopped":
+            self.proxy_reports.pop(node, None)
+        elif event == "error":
+            log.warning("node proxy %s: %s", node, line.get("error"))
+        self.changed.set()
+
+    def _processes(self) -> tuple[Supervised, ...]:
+        return (self.controlplane, *self.agents.values(), *self.node_proxies.values())
+
+    def served(self, node: str) -> tuple[str, ...]:
+        """The pods the node's proxy reported serving (none while it is not running)."""
+        report = self.proxy_reports.get(node, {})
+        pods = report.get("pods", [])
+        proxy = self.node_proxies.get(node)
+        if proxy is None or not proxy.running or not isinstance(pods, list):
+            return ()
+        return tuple(str(p) for p in pods)
+
+    def data_path_ready(self) -> bool:
+        """Every node proxy serves every ambient pod of its node (true without node proxies)."""
+        return all(set(self.proxy_expected[n]) <= set(self.served(n)) for n in self.node_proxies)
 
     # ---- the supervisor's questions ----------------------------------------------------------
     def reaped(self, pid: int, wait_status: int) -> bool:
-        return any(p.reaped(pid, wait_status) for p in (self.controlplane, *self.agents.values()))
+        return any(p.reaped(pid, wait_status) for p in self._processes())
 
     def failure(self) -> str | None:
-        """Why the cluster cannot be built: the control plane exited before it ever served."""
+        """Why the cluster cannot be built: the control plane exited before it ever served, or a
+        node proxy exited three times without ever reporting ready."""
+        for node, proxy in self.node_proxies.items():
+            if node not in self.proxy_ready_once and proxy.exits >= PROXY_START_ATTEMPTS:
+                tail = ""
+                with contextlib.suppress(OSError):
+                    tail = self.state.node_proxy_config(node).with_suffix(".log").read_text()[-2000:].strip()
+                return f"the node proxy of {node} exited with code {proxy.exit_code} before serving:\n{tail}"
         if self.ready_once or self.controlplane.exits == 0:
             return None
         tail = ""
@@ -393,12 +475,32 @@ class MeshProcesses:
             )
         return control, tuple(agents)
 
+    def node_proxy_statuses(self) -> tuple[NodeProxyStatus, ...]:
+        out = []
+        for node, proxy in self.node_proxies.items():
+            report = self.proxy_reports.get(node, {})
+            failed = report.get("failed", {})
+            waiting = tuple(f"{k}: {v}" for k, v in failed.items()) if isinstance(failed, dict) else ()
+            out.append(
+                NodeProxyStatus(
+                    node,
+                    "Pending" if proxy.process is None else proxy.phase(bool(report)),
+                    pods=self.served(node),
+                    expected=self.proxy_expected.get(node, ()),
+                    waiting=waiting if proxy.running else (),
+                    pid=proxy.pid,
+                    restarts=proxy.restarts,
+                    exit_code=proxy.exit_code,
+                )
+            )
+        return tuple(out)
+
     # ---- stopping ------------------------------------------------------------------------
     def running_pids(self) -> list[int]:
-        return [p for p in (s.pid for s in (self.controlplane, *self.agents.values())) if p is not None]
+        return [p for p in (s.pid for s in self._processes()) if p is not None]
 
     def signal_all(self, signum: signal.Signals) -> None:
-        for process in (*self.agents.values(), self.controlplane):
+        for process in (*self.node_proxies.values(), *self.agents.values(), self.controlplane):
             process.signal(signum)
 
 

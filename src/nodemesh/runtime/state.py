@@ -34,6 +34,7 @@ __all__ = [
     "ClusterStatus",
     "ContainerStatus",
     "ControlPlaneStatus",
+    "NodeProxyStatus",
     "Options",
     "PodStatus",
     "ServiceStatus",
@@ -160,6 +161,23 @@ class AgentStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeProxyStatus:
+    """One node's proxy (mode ambient): its process and the ambient pods it serves."""
+
+    node: str
+    phase: str  # Pending, Starting, Running, Restarting, Failed, Stopped
+    pods: tuple[str, ...] = ()
+    """`ns/pod` keys whose listeners (15001, 15006, 15008) it serves."""
+    expected: tuple[str, ...] = ()
+    """The ambient pods of the node (the capture sends their traffic to it)."""
+    waiting: tuple[str, ...] = ()
+    """Pods it cannot serve yet, with why (`ns/pod: reason`; e.g. no SVID yet)."""
+    pid: int | None = None
+    restarts: int = 0
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterStatus:
     name: str
     mode: str
@@ -170,6 +188,7 @@ class ClusterStatus:
     warnings: tuple[str, ...] = field(default=())
     controlplane: ControlPlaneStatus | None = None
     agents: tuple[AgentStatus, ...] = ()
+    node_proxies: tuple[NodeProxyStatus, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -201,6 +220,15 @@ class ClusterStatus:
             tuple(raw.get("warnings", ())),
             ControlPlaneStatus(**cp) if isinstance(cp, dict) else None,
             tuple(AgentStatus(**a) for a in raw.get("agents", ())),
+            tuple(
+                NodeProxyStatus(
+                    **{k: v for k, v in n.items() if k not in ("pods", "expected", "waiting")},
+                    pods=tuple(n.get("pods", ())),
+                    expected=tuple(n.get("expected", ())),
+                    waiting=tuple(n.get("waiting", ())),
+                )
+                for n in raw.get("node_proxies", ())
+            ),
         )
 
 
@@ -277,6 +305,15 @@ class ClusterDir:
     def agent_pods(self, node: str) -> Path:
         """The pods the runtime runs on `node` (`ns/pod` -> address), for its agent's check."""
         return self.agent_dir(node) / "pods.json"
+
+    def node_proxy_config(self, node: str) -> Path:
+        """A node proxy's config (`nodeproxy.process.NodeProxyConfig`); its log is next to it."""
+        return self.root / "nodeproxy" / f"{node}.json"
+
+    @property
+    def flows(self) -> Path:
+        """Where the node proxies export flow records (`<node>.jsonl`), read by `nodemesh observe`."""
+        return self.root / "flows"
 
     def log_file(self, pod_key: str, container: str) -> Path:
         ns, _, pod = pod_key.partition("/")

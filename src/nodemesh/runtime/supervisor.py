@@ -10,7 +10,9 @@ It is two processes (ztunnel's namespaced test harness, applied to a long-runnin
   namespace. It builds the whole cluster inside (the underlay bridge lives in its network
   namespace, node and pod namespaces are bind mounts on a tmpfs only its mount namespace sees),
   serves the cluster DNS, starts the workloads and reaps them, and runs the cluster's control
-  plane and one node agent per node (`mesh`), restarting them when they exit.
+  plane and one node agent per node (`mesh`), restarting them when they exit. In mode `ambient`
+  it also installs the in-pod capture of every ambient pod (it owns those rules) and runs one
+  node proxy per node; workloads start once every node proxy serves its node's pods.
 
 Why this shape: when PID 1 of a PID namespace exits, the kernel kills every other process in
 it; when the last process of the sandbox is gone, its mount namespace goes, taking the netns bind
@@ -161,14 +163,18 @@ def _init(state: ClusterDir, progress: Progress) -> int:
         socket.sethostname(plan.name)
         progress.emit("planned", nodes=len(plan.nodes), pods=len(plan.pods), services=len(plan.services))
         build_network(plan, state, lambda text: progress.emit("network", message=text))
-        # [capture hook, issue 5] In-pod capture of ambient pods, before any workload starts.
-        # Inert until topology.SUPPORTED_MODES admits "ambient" (i.e. a node proxy serves 15001/15006).
+        # In-pod capture of ambient pods, before any workload starts. The supervisor owns these
+        # rules (node proxies run with manage_capture=false): they outlive a proxy's restart, so
+        # a pod's traffic fails closed until the next proxy serves it.
         if plan.mode == "ambient":
             from nodemesh.capture.cluster import capture_cluster
 
             capture_cluster(world, plan, str(state.netns), lambda t: progress.emit("network", message=t))
         pod_files = write_pod_files(plan, state)
         mesh.start_agents(plan)
+        if plan.mode == "ambient":
+            # One node proxy per node, gated until its agent holds the node's view and SVIDs.
+            mesh.start_node_proxies(plan, world)
     except Exception as exc:
         log.exception("building the cluster failed")
         progress.emit("error", message=str(exc))
@@ -180,7 +186,8 @@ class Supervisor:
     """The running cluster: DNS, workloads, control plane and node agents, status file, shutdown.
 
     The cluster is ready (`up` returns) when every pod is ready or has exited, the control plane
-    serves, and every node agent has answered its first view."""
+    serves, and every node agent has answered its first view; in mode ambient, workloads start
+    only once every node proxy serves its node's ambient pods."""
 
     def __init__(
         self,
@@ -204,6 +211,7 @@ class Supervisor:
         self.stop = asyncio.Event()
         self.dns_ready = False
         self.failed: str | None = None
+        self.probes: asyncio.Task[None] | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -212,21 +220,29 @@ class Supervisor:
             loop.add_signal_handler(sig, self.stop.set)
         self.mesh.attach()
         dns_server = await self._start_dns()
-        self.workloads.start_all()
-        self._reap()
-        self.progress.emit("started", pods=[p.key for p in self.plan.pods if not p.system])
+        if self.mesh.data_path_ready():  # mode none: nothing to wait for
+            self._start_workloads()
         self._write_status()
         watcher = asyncio.create_task(self._watch(), name="status-watcher")
-        probes = asyncio.create_task(self.workloads.probe_until_ready(), name="readiness-probes")
         await self.stop.wait()
         self.phase = "Stopping"
         self._write_status()
-        for task in (watcher, probes):
+        tasks = [t for t in (watcher, self.probes) if t is not None]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(watcher, probes, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         dns_server.close()
         await self._stop_workloads()
         return 0 if self.failed is None else 1
+
+    def _start_workloads(self) -> None:
+        """Start every container and probe it. In mode ambient this waits until every node proxy
+        serves its node's ambient pods: their capture is in place, so earlier traffic would be
+        refused."""
+        self.workloads.start_all()
+        self._reap()
+        self.progress.emit("started", pods=[p.key for p in self.plan.pods if not p.system])
+        self.probes = asyncio.create_task(self.workloads.probe_until_ready(), name="readiness-probes")
 
     async def _start_dns(self) -> asyncio.Server:
         from nodemesh.runtime import dns
@@ -274,6 +290,8 @@ class Supervisor:
                 self.progress.emit("error", message=failure)
                 self.stop.set()
                 return
+            if self.probes is None and self.mesh.data_path_ready():
+                self._start_workloads()
             statuses = self.workloads.statuses()
             for pod in statuses:
                 now = (pod.phase, pod.ready)
@@ -316,6 +334,17 @@ class Supervisor:
                     acked_version=agent.acked_version,
                     nack_reason=agent.nack_reason,
                 )
+        for proxy in self.mesh.node_proxy_statuses():
+            now = (proxy.phase, proxy.pods)
+            if announced.get(f"proxy {proxy.node}") != now:
+                announced[f"proxy {proxy.node}"] = now
+                self.progress.emit(
+                    "nodeproxy",
+                    node=proxy.node,
+                    phase=proxy.phase,
+                    pods=list(proxy.pods),
+                    expected=list(proxy.expected),
+                )
 
     def _write_status(self) -> None:
         dns_pod = next(p for p in self.plan.pods if p.system)
@@ -348,6 +377,7 @@ class Supervisor:
                 services,
                 self.plan.warnings,
                 *self.mesh.statuses(),
+                node_proxies=self.mesh.node_proxy_statuses(),
             )
         )
 

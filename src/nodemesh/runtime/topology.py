@@ -71,7 +71,8 @@ DNS_NAMESPACE = "kube-system"
 DNS_POD = "coredns"
 DNS_SERVICE = "kube-dns"
 DNS_SERVICE_HOST = 10  # kubeadm's default: the 10th address of the service CIDR (10.96.0.10)
-SUPPORTED_MODES = ("none",)
+SUPPORTED_MODES = ("none", "ambient")
+"""Modes with a data path in the local runtime; any other (`kernel`) warns and runs as `none`."""
 
 
 def node_name(index: int) -> str:
@@ -254,11 +255,15 @@ def plan_cluster(world: World, *, name: str | None = None, nodes: int | None = N
         )
     node_count = nodes if nodes is not None else settings.nodes
     node_plans = _nodes(node_count, pod_cidr, cluster_doc, problems)
-    mode = world.mode
-    if mode not in SUPPORTED_MODES:
+    requested = world.mode
+    mode = requested if requested in SUPPORTED_MODES else "none"
+    if requested not in SUPPORTED_MODES:
         warnings.append(
-            f"mode {mode!r} has no data path in the local runtime yet; running with mode 'none' (no mesh)"
+            f"mode {requested!r} has no data path in the local runtime yet; "
+            "running with mode 'none' (no mesh)"
         )
+    if mode == "ambient":
+        warnings += _waypoint_warnings(world)
     if problems:
         raise ManifestError(problems)
 
@@ -282,8 +287,8 @@ def plan_cluster(world: World, *, name: str | None = None, nodes: int | None = N
     )
     return ClusterPlan(
         name=name or world.cluster_name,
-        mode="none",
-        requested_mode=mode,
+        mode=mode,
+        requested_mode=requested,
         pod_cidr=pod_cidr,
         service_cidr=service_cidr,
         nodes=node_plans,
@@ -291,6 +296,22 @@ def plan_cluster(world: World, *, name: str | None = None, nodes: int | None = N
         services=(dns_service, *services),
         warnings=tuple(warnings),
     )
+
+
+def _waypoint_warnings(world: World) -> list[str]:
+    """Services whose traffic must go through a waypoint: the local runtime runs no waypoint
+    proxy yet, and the node proxy refuses such traffic rather than skip the waypoint's L7 policy
+    (ztunnel sends it to the waypoint, istio-ambient.md "outbound" step 1)."""
+    out = []
+    for svc in world.services.values():
+        wp = world.service_waypoint(svc)
+        if wp is not None:
+            out.append(
+                f"service {svc.namespace}/{svc.name} uses waypoint {wp.namespace}/{wp.name}, which no "
+                "proxy runs yet: the node proxies refuse its traffic (remove the istio.io/use-waypoint "
+                "label for L4 only, e.g. examples/shop-ambient-l4/)"
+            )
+    return out
 
 
 def _problem(
