@@ -16,6 +16,7 @@ from nodemesh.nodeproxy.inbound import InboundRequest, decide_inbound, decide_pl
 from nodemesh.nodeproxy.observe_adapter import FlowRecorder, flow_from_record
 from nodemesh.observe import FlowPipeline, FlowService, Reporter, TrafficDirection, Verdict, tcp_labels
 from nodemesh.observe.metrics import LABELS
+from nodemesh.policy.decision import Decision
 from nodemesh.policy.engine import PolicyEngine
 
 IP = ipaddress.ip_address
@@ -288,3 +289,22 @@ def test_recorder_feeds_the_pipeline_and_follows_the_world() -> None:
     first, second = pipeline.ring.last(2)
     assert first.destination.pod == "server-0" and second.destination.pod == "server-0"
     assert second.destination.address == "10.244.1.99" and recorder.recorded == 2
+
+
+def test_a_tunnel_the_destination_refused_says_so_at_the_source() -> None:
+    """The source's egress allowed the connection, then the destination answered 401 (RBAC,
+    istio-ambient.md §1.3): the source's DROPPED record must say the destination refused it, not
+    repeat the source's allow reason ("no egress policy selects the source")."""
+    e = engine()
+    allow = Decision.allow("no egress policy selects the source")
+    refused = outbound_record(
+        verdict=FlowVerdict.DROPPED,
+        response_flags="DENY",
+        error="http status: 401",
+        reason=allow.reason,
+        decision=allow,
+    )
+    flow = flow_from_record(refused, e.world, "node-0")
+    assert flow.verdict is Verdict.DROPPED
+    assert flow.reason.startswith("refused by the destination (http status: 401)")
+    assert "no egress policy" not in flow.reason

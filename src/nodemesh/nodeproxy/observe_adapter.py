@@ -167,9 +167,13 @@ def flow_from_record(
         return flow
     if record.verdict is FlowVerdict.DROPPED:
         drop = DropReason.POLICY_DENIED.value if record.response_flags == "DENY" else UNKNOWN_DROP
-        return replace(
-            flow, verdict=Verdict.DROPPED, drop_reason=drop, reason=record.reason or (record.error or "")
-        )
+        reason = record.reason or (record.error or "")
+        if outbound and decision is not None and decision.allowed and record.error:
+            # The source allowed it (its egress verdict is `decision`); the destination refused
+            # the tunnel (HBONE 401/503): say that, not the source's allow reason. The policy that
+            # refused is named in the destination's own record.
+            reason = f"refused by the destination ({record.error}); see the destination's record"
+        return replace(flow, verdict=Verdict.DROPPED, drop_reason=drop, reason=reason)
     if decision is not None:
         return with_decision(flow, decision)
     return flow
