@@ -12,8 +12,12 @@ Reporting and control, as the runtime's node agents do it: one JSON object per l
 (`{"event": "ready", ...}`, then `pods`, `reloaded`, `error`, `stopped`); SIGHUP re-reads the
 config file (new manifests = new policies and pods: `update_policy` closes live connections no
 longer allowed, then the pods are reconciled) and answers with a `reloaded` line; SIGTERM or
-SIGINT drains and exits 0. Pods whose certificate is not there yet are retried every
-`retry_seconds`; certificates are re-read every `credential_refresh_seconds`.
+SIGINT drains and exits 0. With `policies` (the node agent's ACKed policies, a JSON object
+`{"version": ..., "documents": [...]}`), the policies come from that file instead of the
+manifests whenever it exists, and `ready`/`reloaded` name its `policy_version`: the runtime's
+agent rewrites it on every ACK and the runtime sends SIGHUP (docs/runtime.md, "Ambient mode").
+Pods whose certificate is not there yet are retried every `retry_seconds`; certificates are
+re-read every `credential_refresh_seconds`.
 
 Everything the process owns is closed on the way out (pods' listeners and connections, the
 metrics server, the flow file); the in-pod capture stays, so traffic of the node's pods fails
@@ -37,7 +41,9 @@ from pathlib import Path
 
 from nodemesh.ca import CertificateAuthority, RootCA, TrustBundle
 from nodemesh.errors import NodemeshError
-from nodemesh.model.validate import load_documents
+from nodemesh.model.loader import RawDocument, load_text
+from nodemesh.model.schema.base import Document
+from nodemesh.model.validate import load_documents, parse_documents
 from nodemesh.model.world import World
 from nodemesh.nodeproxy.credentials import AgentCertificates, AuthorityCredentials, CredentialSource
 from nodemesh.nodeproxy.node import AmbientNode, NodeProxySettings, PodAttachment, PodChanges
@@ -49,9 +55,11 @@ from nodemesh.policy.engine import PolicyEngine
 __all__ = [
     "CredentialConfig",
     "NodeProxyConfig",
+    "PolicySnapshot",
     "build_world",
     "credential_source",
     "main",
+    "read_policies",
     "run_node_proxy",
     "serve_node_proxy",
 ]
@@ -59,6 +67,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Report = Callable[[dict[str, object]], None]
+TOPOLOGY_KINDS = frozenset(
+    {"Namespace", "Cluster", "ServiceAccount", "Pod", "Deployment", "Service", "Gateway"}
+)
+"""The kinds `World.build` does not file under `policies` (the control plane's TOPOLOGY_KINDS)."""
 
 
 class ConfigError(NodemeshError):
@@ -109,6 +121,9 @@ class NodeProxyConfig:
     use_uvloop: bool = True
     credential_refresh_seconds: float = 30.0
     retry_seconds: float = 0.5
+    policies: Path | None = None
+    """A policy snapshot file (`PolicySnapshot`); when it exists, its documents replace the
+    manifests' policies (the runtime's node agent writes it on every ACK)."""
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, object]) -> NodeProxyConfig:
@@ -125,9 +140,11 @@ class NodeProxyConfig:
             manifests = raw.get("manifests", [])
             assert isinstance(manifests, list)
             flows = raw.get("flows_dir")
+            policies = raw.get("policies")
             return cls(
                 node=str(raw["node"]),
                 manifests=tuple(Path(str(p)) for p in manifests),
+                policies=Path(str(policies)) if policies else None,
                 pods=tuple(
                     PodAttachment(str(p["namespace"]), str(p["name"]), str(p["netns"])) for p in pods_raw
                 ),
@@ -154,6 +171,7 @@ class NodeProxyConfig:
         return {
             "node": self.node,
             "manifests": [str(p) for p in self.manifests],
+            "policies": str(self.policies) if self.policies else None,
             "pods": [{"namespace": p.namespace, "name": p.name, "netns": p.netns} for p in self.pods],
             "credentials": {
                 "kind": self.credentials.kind,
@@ -205,9 +223,43 @@ def _opt_str(raw: object) -> str | None:
     return None if raw is None else str(raw)
 
 
-def build_world(config: NodeProxyConfig) -> World:
-    """The world from the manifests, with the runtime's pod addresses and Service ClusterIPs."""
+@dataclass(frozen=True, slots=True)
+class PolicySnapshot:
+    """The policies a node agent ACKed: the view's version and its policy documents."""
+
+    version: str
+    documents: tuple[RawDocument, ...]
+
+
+def read_policies(path: Path | None) -> PolicySnapshot | None:
+    """The snapshot in `path`, or None when there is none (yet): the manifests' policies apply."""
+    if path is None:
+        return None
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read the policy snapshot {path}: {exc}") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("documents"), list):
+        raise ConfigError(f"{path}: a policy snapshot is an object with a `documents` list")
+    documents = tuple(
+        doc for i, body in enumerate(raw["documents"]) for doc in load_text(json.dumps(body), f"{path}#{i}")
+    )
+    return PolicySnapshot(str(raw.get("version", "")), documents)
+
+
+def _is_policy(doc: Document) -> bool:
+    """What `World.build` files under `policies` (every kind that is not topology)."""
+    return doc.kind not in TOPOLOGY_KINDS
+
+
+def build_world(config: NodeProxyConfig, policies: PolicySnapshot | None = None) -> World:
+    """The world from the manifests, with the runtime's pod addresses and Service ClusterIPs;
+    with `policies`, its documents replace the manifests' policies."""
     docs = load_documents([str(p) for p in config.manifests])
+    if policies is not None:
+        docs = [d for d in docs if not _is_policy(d)] + parse_documents(policies.documents)
     world = World.build(docs, ips=dict(config.pod_ips))
     if config.cluster_name is not None:
         world.cluster_name = config.cluster_name
@@ -252,7 +304,9 @@ class _NodeProxyProcess:
         self.reloads: asyncio.Queue[None] = asyncio.Queue()
         self.generation = 0
         self.failed: dict[str, str] = {}
-        world = build_world(config)
+        policies = read_policies(config.policies)
+        self.policy_version = policies.version if policies is not None else ""
+        world = build_world(config, policies)
         self.metrics = TcpMetrics()
         writer = FlowWriter(config.flows_dir, config.node) if config.flows_dir is not None else None
         self.pipeline = FlowPipeline(FlowRing(), self.metrics, writer)
@@ -283,6 +337,7 @@ class _NodeProxyProcess:
                     "loop": loop_name(loop),
                     "pods": sorted(self.node.pods),
                     "metrics_port": self.metrics_server.port if self.metrics_server else None,
+                    "policy_version": self.policy_version,
                     **_changes(changes, self.failed),
                 }
             )
@@ -307,11 +362,13 @@ class _NodeProxyProcess:
                 continue
             try:
                 config = self.reload_config()
-                world = build_world(config)
+                policies = read_policies(config.policies)
+                world = build_world(config, policies)
             except (NodemeshError, OSError) as exc:
                 self.report({"event": "error", "node": self.config.node, "error": str(exc)})
                 continue
             self.config = config
+            self.policy_version = policies.version if policies is not None else ""
             self.generation += 1
             self.recorder.world = world
             closed = self.node.update_policy(PolicyEngine(world, "ambient"))
@@ -322,6 +379,7 @@ class _NodeProxyProcess:
                     "node": config.node,
                     "generation": self.generation,
                     "closed": closed,
+                    "policy_version": self.policy_version,
                     "pods": sorted(self.node.pods),
                     **_changes(changes, self.failed),
                 }
@@ -344,6 +402,7 @@ class _NodeProxyProcess:
                         {
                             "event": "pods",
                             "node": self.config.node,
+                            "policy_version": self.policy_version,
                             "pods": sorted(self.node.pods),
                             **_changes(changes, self.failed),
                         }

@@ -28,6 +28,16 @@ data path is ready (`data_path_ready`) when every node proxy serves every ambien
 node, and only then does the supervisor start the workloads: the capture is in place from the
 build on, so a workload started earlier would have its first connections refused.
 
+Policies follow the agents (ztunnel's policies follow its xDS stream): when a node's agent reports
+a newly ACKed version it has already written that view's policies for its node proxy
+(`nodeagent`), and the supervisor sends the proxy SIGHUP; the proxy re-reads them, closes the
+live connections they no longer allow, and reports the `policy_version` it enforces. Whether a
+reload is due is decided by `policy_reload_due` (pure): the agent ACKed a version the proxy does
+not enforce and that was not signalled yet. Only a proxy that has reported `ready` since its
+last start is signalled (before it installs its handler, SIGHUP would kill it); one that starts
+later reads the latest file itself, and if its `ready` names an older version it is signalled
+then.
+
 `up` is ready when the control plane serves and every agent has answered its first view (an
 ACK; a NACK or an agent that exited is reported as a failure). Each agent reports what `status`
 shows as JSON lines on its stdout, read here without blocking the event loop.
@@ -59,7 +69,7 @@ if TYPE_CHECKING:
 # Light on purpose: the supervisor spawns the control plane before it imports the schemas and
 # the planner (`placement`, `topology`, `workloads` are imported where they are used).
 
-__all__ = ["MeshProcesses", "RestartBackoff", "Supervised"]
+__all__ = ["MeshProcesses", "RestartBackoff", "Supervised", "policy_reload_due"]
 
 log = logging.getLogger(__name__)
 PROXY_START_ATTEMPTS = 3
@@ -78,6 +88,12 @@ class RestartBackoff:
     def delay(self, failures: int) -> float:
         """The delay after `failures` consecutive short runs (1 = the first)."""
         return min(self.initial * 2.0 ** max(failures - 1, 0), self.maximum)
+
+
+def policy_reload_due(acked: str, enforced: str, signalled: str) -> bool:
+    """Whether a node proxy needs SIGHUP: its agent ACKed a version (`acked`) other than the one
+    whose policies it enforces (`enforced`), and it was not signalled for that version yet."""
+    return bool(acked) and acked not in (enforced, signalled)
 
 
 class Supervised:
@@ -294,6 +310,10 @@ class MeshProcesses:
         self.proxy_expected: dict[str, tuple[str, ...]] = {}
         self.proxy_reports: dict[str, dict[str, object]] = {}
         self.proxy_ready_once: set[str] = set()
+        self.proxy_ready_pid: dict[str, int] = {}
+        """The pid of each node proxy that reported `ready` (it handles SIGHUP from then on)."""
+        self.proxy_signalled: dict[str, str] = {}
+        """The agent version each node proxy was last sent SIGHUP for."""
 
     def _changed(self) -> None:
         if not self.controlplane.running:
@@ -386,6 +406,7 @@ class MeshProcesses:
             proxy = self.node_proxies.get(node)
             if proxy is not None:
                 proxy.release()
+        self._reload_policies(node)
         self.changed.set()
 
     def _on_node_proxy(self, node: str, line: dict[str, object]) -> None:
@@ -393,12 +414,29 @@ class MeshProcesses:
         if event in ("ready", "pods", "reloaded"):
             if event == "ready":
                 self.proxy_ready_once.add(node)
+                self.proxy_signalled.pop(node, None)
+                pid = self.node_proxies[node].pid
+                if pid is not None:
+                    self.proxy_ready_pid[node] = pid
             self.proxy_reports[node] = line
+            self._reload_policies(node)
         elif event == "stopped":
             self.proxy_reports.pop(node, None)
         elif event == "error":
             log.warning("node proxy %s: %s", node, line.get("error"))
         self.changed.set()
+
+    def _reload_policies(self, node: str) -> None:
+        """SIGHUP the node's proxy if its agent ACKed policies it does not enforce (module doc)."""
+        proxy = self.node_proxies.get(node)
+        if proxy is None or proxy.pid is None or self.proxy_ready_pid.get(node) != proxy.pid:
+            return
+        acked = str(self.reports.get(node, {}).get("acked_version", ""))
+        enforced = str(self.proxy_reports.get(node, {}).get("policy_version", ""))
+        if policy_reload_due(acked, enforced, self.proxy_signalled.get(node, "")):
+            log.info("node proxy %s: reloading the policies of version %s", node, acked)
+            self.proxy_signalled[node] = acked
+            proxy.signal(signal.SIGHUP)
 
     def _processes(self) -> tuple[Supervised, ...]:
         return (self.controlplane, *self.agents.values(), *self.node_proxies.values())
@@ -491,6 +529,7 @@ class MeshProcesses:
                     pid=proxy.pid,
                     restarts=proxy.restarts,
                     exit_code=proxy.exit_code,
+                    policy_version=str(report.get("policy_version", "")) if proxy.running else "",
                 )
             )
         return tuple(out)

@@ -18,6 +18,14 @@ as ztunnel runs in the host network namespace of its node) with:
 It reports to the supervisor on stdout, one JSON line per change of what `nodemesh status`
 shows (connected, ACKed version, current NACK, resources, certificates); logs go to stderr.
 SIGTERM stops it.
+
+In mode ambient it is also where its node proxy's policies come from (ztunnel receives its
+`Authorization` resources over xDS; our node proxy has no control-plane client, so the agent
+hands them over): before it reports a newly ACKed version, it writes the policy documents of that
+view to `agents/<node>/policies.json` (`policy_snapshot`, pure; written atomically). The
+supervisor, seeing the new version in the report, sends SIGHUP to the node's proxy, which
+re-reads the file and closes the live connections the new policies deny. Only an ACKed view is
+written: a NACKed push never reaches the data path.
 """
 
 from __future__ import annotations
@@ -27,17 +35,18 @@ import asyncio
 import functools
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from nodemesh.agent import NodeAgent
+from nodemesh.agent import LocalView, NodeAgent
 from nodemesh.controlplane.credentials import NodeCredential
 from nodemesh.runtime.state import ClusterDir
 from nodemesh.runtime.viewcheck import RuntimePodsCheck
 
-__all__ = ["main", "snapshot"]
+__all__ = ["main", "policy_snapshot", "snapshot", "write_policies"]
 
 
 def snapshot(agent: NodeAgent) -> dict[str, object]:
@@ -56,6 +65,19 @@ def snapshot(agent: NodeAgent) -> dict[str, object]:
         "nack_version": nack_version,
         "nack_reason": nack_reason,
     }
+
+
+def policy_snapshot(view: LocalView) -> dict[str, object]:
+    """The node proxy's policies: the stored documents of the view's `policy` resources, under
+    the view's version (what the node proxy reports back once it enforces them)."""
+    return {"version": view.version_info, "documents": [r.value() for r in view.of_type("policy")]}
+
+
+def write_policies(path: Path, view: LocalView) -> None:
+    """Write `policy_snapshot(view)` atomically (the node proxy may read it at any time)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(policy_snapshot(view), indent=1))
+    os.replace(tmp, path)
 
 
 def _differs(agent: NodeAgent, seen: dict[str, object]) -> bool:
@@ -78,9 +100,13 @@ async def run(state: ClusterDir, node: str, address: str) -> int:
     agent.start()
     stopping = asyncio.create_task(stop.wait(), name="stop-signal")
     last: dict[str, object] = {}
+    written = ""
     try:
         while not stop.is_set():
             now = snapshot(agent)
+            if agent.view.version_info and agent.view.version_info != written:
+                write_policies(state.agent_policies(node), agent.view)  # before it is reported
+                written = agent.view.version_info
             if now != last:
                 sys.stdout.write(json.dumps(now) + "\n")
                 sys.stdout.flush()

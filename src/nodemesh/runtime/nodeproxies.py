@@ -9,6 +9,10 @@ workloads start:
 
 - the world is the cluster's manifest snapshot with the plan's pod addresses and ClusterIPs
   (the node proxy resolves a captured Service VIP itself, so it must know the runtime's VIPs);
+- the policies are those of the view the node's agent last ACKed (`policies`:
+  `agents/<node>/policies.json`, written by `nodeagent` on every ACK; the node proxy falls back
+  to the snapshot's policies while the file does not exist): a policy applied or deleted after
+  `up` reaches the data path, with a SIGHUP from the supervisor (`mesh`);
 - SVIDs come from the node agent (`credentials.kind = agent`: `agents/<node>/certs`, and the
   trust bundle the control plane issued to the node, `controlplane/nodes/<node>/ca.crt`): the
   node proxy never talks to the CA, so node authorization stays the only gate;
@@ -68,6 +72,7 @@ def plan_node_proxies(world: World, plan: ClusterPlan, state: ClusterDir) -> tup
         config: dict[str, object] = {
             "node": node.name,
             "manifests": [str(state.manifests)],
+            "policies": str(state.agent_policies(node.name)),
             "pods": pods,
             "credentials": {
                 "kind": "agent",

@@ -175,6 +175,8 @@ class NodeProxyStatus:
     pid: int | None = None
     restarts: int = 0
     exit_code: int | None = None
+    policy_version: str = ""
+    """The view version whose policies it enforces (its agent's ACKed one once it reloaded)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +307,11 @@ class ClusterDir:
     def agent_pods(self, node: str) -> Path:
         """The pods the runtime runs on `node` (`ns/pod` -> address), for its agent's check."""
         return self.agent_dir(node) / "pods.json"
+
+    def agent_policies(self, node: str) -> Path:
+        """The policy documents of the view `node`'s agent last ACKed (`nodeagent`), which its
+        node proxy enforces: `{"version": ..., "documents": [...]}`."""
+        return self.agent_dir(node) / "policies.json"
 
     def node_proxy_config(self, node: str) -> Path:
         """A node proxy's config (`nodeproxy.process.NodeProxyConfig`); its log is next to it."""
