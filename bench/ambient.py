@@ -21,10 +21,23 @@ The servers are haproxy answering 1 KiB from memory (bench/baseline.py's static 
 32 connections (rps, p50, p99), bulk throughput (one connection pushing zeros, as
 bench/baseline.py), proxy CPU us per request (utime+stime of both proxy processes from
 /proc/<pid>/stat over the wrk run / requests), and the node proxies' RSS after the runs.
+
+New connections (issue 5's "cost of a new connection with and without a pooled HBONE
+connection"): a sequential client in the client pod opens `--new` (200) fresh TCP connections,
+each sending one request for the 1 KiB response and closing once it is read; p50/p99 per
+connection (connect to last body byte). Paths: no mesh; ambient with a warm pool (five untimed
+connections first, so node-0's node proxy holds an HBONE connection to server-amb, kept 5 min
+idle); ambient with a cold pool; the haproxy pair (a full mTLS 1.3 handshake per connection, no
+session reuse). The node proxy has no knob to disable its pool (`NodeProxyConfig` has no pool
+settings), so the cold pool is forced from outside: before each timed connection the client
+destroys the pooled HBONE socket in its own pod (`ss -K`, SOCK_DESTROY; the node proxy makes its
+pool sockets in the pod's namespace, bound to the pod IP, to `<server-amb>:15008`), waits 50 ms
+for the node proxy to see it gone, and checks afterwards that a new HBONE connection (another
+local port) carried the request.
 Ratios are against the haproxy pair of the same run (PERFORMANCE.md: figures drift 1.3-1.5x
 between runs, so only rows of one run compare).
 
-    .venv/bin/python bench/ambient.py [--duration 5]
+    .venv/bin/python bench/ambient.py [--duration 5] [--new 200]
 
 Run as root; needs haproxy and wrk. Tears the cluster down (and the node haproxies first) on any
 exit, leaving `ip netns list` as it was. Not part of the test suite.
@@ -39,6 +52,7 @@ import os
 import re
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,6 +95,61 @@ reply = json.loads(s.makefile().readline())
 elapsed = time.perf_counter() - start
 print(json.dumps({"sent": sent, "received": reply["bytes"], "seconds": elapsed}))
 """
+
+
+NEW_CLIENT = """
+import json, socket, subprocess, sys, time
+host, port, count, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+request = f"GET / HTTP/1.1\\r\\nHost: {host}\\r\\nConnection: close\\r\\n\\r\\n".encode()
+hbone = ["state", "established", "dst", f"{host}:15008"]
+
+def hbone_ports():
+    out = subprocess.run(["ss", "-Htn", *hbone], capture_output=True, text=True, check=True).stdout
+    return {line.split()[2] for line in out.splitlines() if line.strip()}
+
+def one():
+    start = time.perf_counter()
+    s = socket.create_connection((host, port))
+    s.sendall(request)
+    data = b""
+    while b"\\r\\n\\r\\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, body = data.split(b"\\r\\n\\r\\n", 1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    length = int(next(h.split(b":")[1] for h in head.split(b"\\r\\n") if h.lower().startswith(b"content-length")))
+    while len(body) < length:
+        chunk = s.recv(65536)
+        assert chunk, body
+        body += chunk
+    elapsed = time.perf_counter() - start
+    s.close()
+    return elapsed
+
+for _ in range(5):
+    one()
+times, fresh = [], 0
+for _ in range(count):
+    if mode != "plain":
+        before = hbone_ports()
+    if mode == "cold":
+        subprocess.run(["ss", "-K", *hbone], capture_output=True, check=True)
+        time.sleep(0.05)
+    times.append(one())
+    if mode != "plain":
+        fresh += bool(hbone_ports() - before)
+print(json.dumps({"times": times, "fresh_hbone": fresh}))
+"""
+
+
+@dataclass
+class NewConn:
+    path: str
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    fresh_hbone: int = -1
+    """Ambient only: timed connections after which a new HBONE connection (local port) existed."""
 
 
 @dataclass
@@ -281,9 +350,30 @@ def measure(
     row.bulk_gbit = bulk["received"] * 8 / bulk["seconds"] / 1e9
 
 
-def bench(seconds: int) -> tuple[list[Row], dict[str, float]]:
+def measure_new(conn: NewConn, name: str, client: str, *, to: tuple[str, int], count: int, mode: str) -> None:
+    print(f"measuring new connections, {conn.path} ...", file=sys.stderr, flush=True)
+    out = run(
+        "exec", "--name", name, f"bench/{client}", "--",
+        sys.executable, "-c", NEW_CLIENT, to[0], str(to[1]), str(count), mode,
+        timeout=count * 2 + 60,
+    )  # fmt: skip
+    result = json.loads(out)
+    times = sorted(result["times"])
+    conn.p50_ms = statistics.median(times) * 1e3
+    conn.p99_ms = times[min(len(times) - 1, round(0.99 * (len(times) - 1)))] * 1e3
+    if mode != "plain":
+        conn.fresh_hbone = int(result["fresh_hbone"])
+
+
+def bench(seconds: int, new_count: int) -> tuple[list[Row], dict[str, float], list[NewConn]]:
     name = f"nmbenchamb{secrets.token_hex(3)}"
     rows = [Row("no mesh"), Row("ambient node proxies"), Row("haproxy mTLS pair")]
+    news = [
+        NewConn("no mesh"),
+        NewConn("ambient, warm pool"),
+        NewConn("ambient, cold pool (HBONE socket destroyed first)"),
+        NewConn("haproxy mTLS pair (handshake per connection)"),
+    ]
     rss: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="nmbench-amb-") as tmp:
         d = Path(tmp)
@@ -330,16 +420,42 @@ def bench(seconds: int) -> tuple[list[Row], dict[str, float]]:
                 )
                 for row, (client, url, bulk_to, pids) in zip(rows, paths, strict=True):
                     measure(row, name, client, url=url, bulk_to=bulk_to, pids=pids, seconds=seconds)
+                new_paths = (
+                    ("client-plain", plain, STATIC_PORT, "plain"),
+                    ("client-amb", amb, STATIC_PORT, "warm"),
+                    ("client-amb", amb, STATIC_PORT, "cold"),
+                    ("client-plain", gateway0, HP_HTTP, "plain"),
+                )
+                for conn, (client, host, port, mode) in zip(news, new_paths, strict=True):
+                    measure_new(conn, name, client, to=(host, port), count=new_count, mode=mode)
                 rss = {node: rss_mib(pid) for node, pid in proxies.items()}
                 rss["haproxy node-0"] = rss_mib(hp_client)
                 rss["haproxy node-1"] = rss_mib(hp_server)
         finally:
             subprocess.run([*CLI, "down", "--name", name], capture_output=True, check=False, timeout=60)
-    return rows, rss
+    return rows, rss, news
 
 
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
+
+
+def new_table(news: list[NewConn], count: int) -> str:
+    hp = news[-1]
+    lines = [
+        f"New connections: {count} sequential, each a fresh TCP connection from the client pod, one request "
+        "(1 KiB response), closed; time = connect to last body byte",
+        "",
+        "| path | p50 ms | p99 ms | p50 vs haproxy | target |",
+        "|---|---|---|---|---|",
+    ]
+    for c in news:
+        path = c.path + (f"; {c.fresh_hbone}/{count} on a new HBONE connection" if c.fresh_hbone >= 0 else "")
+        target = "<= 0.25x" if c.path.startswith("ambient, warm") else "-"
+        lines.append(
+            f"| {path} | {c.p50_ms:.2f} | {c.p99_ms:.2f} | {ratio(c.p50_ms, hp.p50_ms)} | {target} |"
+        )
+    return "\n".join(lines)
 
 
 def table(rows: list[Row], rss: dict[str, float], seconds: int) -> str:
@@ -388,14 +504,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--duration", type=int, default=5, help="seconds per wrk run and bulk run (default 5)"
     )
+    parser.add_argument(
+        "--new", type=int, default=200, help="sequential new connections per path (default 200)"
+    )
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("bench/ambient.py builds a cluster from namespaces: run it as root")
-    rows, rss = bench(args.duration)
+    rows, rss, news = bench(args.duration, args.new)
     print(table(rows, rss, args.duration))
+    print()
+    print(new_table(news, args.new))
     if args.json:
-        args.json.write_text(json.dumps({"rows": [r.__dict__ for r in rows], "rss_mib": rss}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "rows": [r.__dict__ for r in rows],
+                    "rss_mib": rss,
+                    "new_connections": [c.__dict__ for c in news],
+                },
+                indent=2,
+            )
+        )
     return 0
 
 
