@@ -11,7 +11,8 @@ from nodemesh.model.loader import load_text
 from nodemesh.model.validate import load_documents, parse_documents
 from nodemesh.model.world import World
 from nodemesh.policy.decision import DropReason, Point, Verdict
-from nodemesh.policy.engine import Mode, PolicyEngine, Trace
+from nodemesh.policy.engine import Mode, PolicyEngine, Route, Trace
+from nodemesh.policy.flow import FlowContext, Protocol
 from nodemesh.policy.ir import Api
 from nodemesh.policy.probe import Probe, resolve
 
@@ -250,3 +251,31 @@ def test_an_address_outside_the_cluster_has_no_source_point_and_no_identity(shop
     assert [p.point for p in t.points] == [Point.DESTINATION]
     assert t.ctx.src.principal is None and "world" in t.ctx.src.entities
     assert t.verdict is Verdict.DENY and t.decision.api is Api.CILIUM
+
+
+def test_connection_verdicts_are_cached_per_port_and_protocol() -> None:
+    """Kubernetes NetworkPolicy: "each rule allows traffic which matches both the from and ports
+    sections" - a port and protocol the policy does not list stay denied. `connection()` caches
+    its verdict per flow key, so a remembered allow for TCP/80 must not answer for TCP/81 or
+    UDP/80 between the same two pods."""
+    text = (
+        AMBIENT_NO_WAYPOINT.split("---\napiVersion: cilium.io/v2", maxsplit=1)[0]
+        + """---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: server-80, namespace: ns}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress: [{ports: [{port: 80}]}]
+"""
+    )
+    world = World.build(parse_documents(load_text(text, "w.yaml")))
+    engine = PolicyEngine(world, "kernel")
+    client = world.find_workloads("ns", "client")[0]
+    server = world.find_workloads("ns", "server")[0]
+    route = Route(src_workload=client, dst_workload=server)
+    src, dst = world.endpoint(client), world.endpoint(server)
+    assert engine.connection(FlowContext(src, dst, 80), route).allowed
+    assert not engine.connection(FlowContext(src, dst, 81), route).allowed
+    assert not engine.connection(FlowContext(src, dst, 80, Protocol.UDP), route).allowed
+    assert engine.connection(FlowContext(src, dst, 80), route).allowed

@@ -1098,6 +1098,30 @@ def test_decisions_are_memoized_per_destination_and_source() -> None:
     assert a is not None and b is not None and a.allowed and not b.allowed
 
 
+def test_the_node_proxy_memo_keeps_ports_apart() -> None:
+    """Reference §4.5: at the node proxy "`ports` therefore match container (target) ports", per
+    connection. One engine remembers decisions per destination and source identity: an allow
+    for 8080 must not be reused for port 80 from the same client."""
+    w = build(ap("allow", "rules:\n- to: [{operation: {ports: ['8080']}}]"))
+    engine = IstioEngine(w)
+    first = engine.evaluate(flow(w, port=8080), NODE)
+    second = engine.evaluate(flow(w, port=80), NODE)
+    assert first is not None and first.allowed
+    assert second is not None and not second.allowed
+
+
+def test_the_node_proxy_memo_keeps_source_addresses_apart() -> None:
+    """API Source.ipBlocks: "populated from the source address of the IP packet". Two plaintext
+    clients share the same (absent) identity, so when a policy tests addresses the remembered
+    decision of one must not answer for the other (same engine)."""
+    w = build(ap("allow", "rules:\n- from: [{source: {ipBlocks: [10.0.0.1]}}]"))
+    engine = IstioEngine(w)
+    client = engine.evaluate(flow(w, mtls=False), NODE)
+    admin = engine.evaluate(flow(w, src="ns/admin", mtls=False), NODE)
+    assert client is not None and client.allowed
+    assert admin is not None and not admin.allowed
+
+
 # ---- analyze ---------------------------------------------------------------------------------------
 
 
