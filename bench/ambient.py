@@ -61,6 +61,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchlib import cpu_seconds, ratio, rss_mib
+
 CLI = [sys.executable, "-m", "nodemesh.cli.main"]
 TESTBED = [sys.executable, "-m", "nodemesh.nodeproxy.testbed"]
 RUN_DIR = Path("/run/nodemesh")
@@ -293,19 +295,6 @@ def in_node(init_pid: int, name: str, node: str, argv: list[str]) -> Iterator[in
 
 
 # ---- measurements ------------------------------------------------------------------------------
-def cpu_seconds(pids: Sequence[int]) -> float:
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def wrk(name: str, client: str, url: str, conns: int, seconds: int) -> tuple[float, float, float, int]:
@@ -434,10 +423,6 @@ def bench(seconds: int, new_count: int) -> tuple[list[Row], dict[str, float], li
         finally:
             subprocess.run([*CLI, "down", "--name", name], capture_output=True, check=False, timeout=60)
     return rows, rss, news
-
-
-def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b else "-"
 
 
 def new_table(news: list[NewConn], count: int) -> str:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import signal
 import socket
@@ -44,6 +43,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from benchlib import cpu_seconds, ratio, rss_mib
 
 CLIENT_IP, SERVER_IP = "127.0.60.5", "127.0.60.10"
 APP_PORT, BULK_PORT = 18080, 18090
@@ -71,19 +72,6 @@ class Row:
 
 
 # ---- processes ---------------------------------------------------------------------------------
-def cpu_seconds(pids: Sequence[int]) -> float:
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 @contextlib.contextmanager
@@ -374,10 +362,6 @@ def run(duration: int, new_count: int, bulk_seconds: float) -> list[Row]:
                 s.close()
             stop.set()
     return list(rows.values())
-
-
-def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b else "-"
 
 
 def table(rows: list[Row]) -> str:
