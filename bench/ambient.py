@@ -61,7 +61,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchlib import cpu_seconds, ratio, rss_mib
+from benchlib import Row, cpu_seconds, ratio, rss_mib
 
 CLI = [sys.executable, "-m", "nodemesh.cli.main"]
 TESTBED = [sys.executable, "-m", "nodemesh.nodeproxy.testbed"]
@@ -152,20 +152,6 @@ class NewConn:
     p99_ms: float = 0.0
     fresh_hbone: int = -1
     """Ambient only: timed connections after which a new HBONE connection (local port) existed."""
-
-
-@dataclass
-class Row:
-    path: str
-    rps1: float = 0.0
-    p50_1: float = 0.0
-    p99_1: float = 0.0
-    rps32: float = 0.0
-    p50_32: float = 0.0
-    p99_32: float = 0.0
-    cpu_us1: float = 0.0
-    cpu_us32: float = 0.0
-    bulk_gbit: float = 0.0
 
 
 def manifests(name: str, origin_cfg: Path) -> str:

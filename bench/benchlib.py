@@ -7,9 +7,30 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["cpu_seconds", "ratio", "rss_mib"]
+__all__ = ["Row", "cpu_seconds", "ratio", "rss_mib"]
+
+
+@dataclass
+class Row:
+    """One measured path of a data-path benchmark: wrk at 1 and 32 connections, proxy CPU, bulk,
+    new-connection cost; `extra` for script-specific figures."""
+
+    path: str
+    rps1: float = 0.0
+    p50_1: float = 0.0
+    p99_1: float = 0.0
+    rps32: float = 0.0
+    p50_32: float = 0.0
+    p99_32: float = 0.0
+    cpu_us1: float = 0.0
+    cpu_us32: float = 0.0
+    bulk_gbit: float = 0.0
+    new_p50_ms: float = 0.0
+    new_cpu_ms: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:

@@ -41,10 +41,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchlib import cpu_seconds, ratio, rss_mib
+from benchlib import Row, cpu_seconds, ratio, rss_mib
 
 CLIENT_IP, SERVER_IP = "127.0.60.5", "127.0.60.10"
 APP_PORT, BULK_PORT = 18080, 18090
@@ -52,23 +51,6 @@ HAPROXY_PORT, HAPROXY_BULK_PORT, HAPROXY_TLS_PORT, HAPROXY_TLS_BULK_PORT = 25001
 NM_PORT, NM_BULK_PORT, NM_NOPOOL_PORT = 15001, 15002, 15003
 TESTBED = [sys.executable, "-m", "nodemesh.nodeproxy.testbed"]
 BODY = "x" * 1024
-
-
-@dataclass
-class Row:
-    path: str
-    rps1: float = 0.0
-    p50_1: float = 0.0
-    p99_1: float = 0.0
-    rps32: float = 0.0
-    p50_32: float = 0.0
-    p99_32: float = 0.0
-    cpu_us1: float = 0.0
-    cpu_us32: float = 0.0
-    bulk_gbit: float = 0.0
-    new_p50_ms: float = 0.0
-    new_cpu_ms: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 # ---- processes ---------------------------------------------------------------------------------
