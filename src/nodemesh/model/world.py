@@ -116,6 +116,12 @@ class World:
     policies: list[Document] = field(default_factory=list)
     documents: list[Document] = field(default_factory=list)
     mode_override: str | None = None
+    _endpoints: dict[tuple[int, bool | None], tuple[Workload, str, Endpoint]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """`endpoint()` results by (id of the workload, mtls), with the workload (so its id stays
+    unique) and the cluster name they were built with: the node proxy asks several times per
+    connection for the same few pods."""
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -240,6 +246,14 @@ class World:
     def endpoint(self, workload: Workload, *, mtls: bool | None = None) -> Endpoint:
         """The flow endpoint for a pod. `mtls` (default: in the mesh) sets whether its SPIFFE
         principal is visible to the peer: only a verified certificate carries identity."""
+        cached = self._endpoints.get((id(workload), mtls))
+        if cached is not None and cached[0] is workload and cached[1] == self.cluster_name:
+            return cached[2]
+        endpoint = self._build_endpoint(workload, mtls)
+        self._endpoints[(id(workload), mtls)] = (workload, self.cluster_name, endpoint)
+        return endpoint
+
+    def _build_endpoint(self, workload: Workload, mtls: bool | None) -> Endpoint:
         ns_labels = self.namespace_labels(workload.namespace)
         identity = {f"k8s:{k}": v for k, v in workload.labels.items()}
         identity[f"k8s:{CILIUM_NS}"] = workload.namespace

@@ -26,10 +26,13 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from nodemesh.ca import CertificateAuthority, SpiffeId, build_csr, generate_key, key_pem
+from nodemesh.ca.spiffe import SpiffeId
 from nodemesh.nodeproxy.tls import CredentialStore, WorkloadCertificate
+
+if TYPE_CHECKING:
+    from nodemesh.ca.authority import CertificateAuthority
 
 __all__ = [
     "AgentCertificates",
@@ -80,6 +83,8 @@ class AuthorityCredentials:
         held = self._issued.get(identity)
         if held is not None and now < held[1]:
             return held[0]
+        from nodemesh.ca.authority import build_csr, generate_key, key_pem  # cryptography: only here
+
         sid = SpiffeId.parse(identity)
         key = generate_key()
         issued_at = now - self.backdate

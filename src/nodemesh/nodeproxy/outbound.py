@@ -38,7 +38,7 @@ from nodemesh.model.world import ServiceInfo, Waypoint, Workload, World
 from nodemesh.nodeproxy.flow import ConnectionRecord, Direction, FlowSink, FlowVerdict, SecurityPolicy
 from nodemesh.nodeproxy.pool import HbonePool, PoolKey
 from nodemesh.nodeproxy.relay import StreamRelay, TcpRelay
-from nodemesh.nodeproxy.runtime import TaskSet
+from nodemesh.nodeproxy.runtime import TaskSet, connect_socket
 from nodemesh.nodeproxy.socket_factory import OriginalDestination
 from nodemesh.nodeproxy.tls import IdentityError, identity_uri
 from nodemesh.nodeproxy.tunnel import TunnelClosedError
@@ -474,7 +474,7 @@ class OutboundProxy:
         relay = TcpRelay(on_done=done)
         try:
             async with asyncio.timeout(self.connect_timeout):
-                await loop.sock_connect(upstream, (str(ip), port))
+                await connect_socket(upstream, (str(ip), port))
                 await loop.create_connection(lambda: relay.server, sock=upstream)
             await loop.connect_accepted_socket(lambda: relay.client, sock)
         except (OSError, TimeoutError) as exc:

@@ -32,6 +32,7 @@ import socket
 from dataclasses import dataclass, field
 
 from nodemesh.capture.sockets import SocketFactory, bind_source
+from nodemesh.nodeproxy.runtime import connect_socket
 from nodemesh.nodeproxy.tls import CredentialStore, verify_server_identity
 from nodemesh.nodeproxy.tunnel import HboneTunnel, StreamHandler
 from nodemesh.protocols import HboneClient, HboneSettings
@@ -158,7 +159,7 @@ class HbonePool:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self.source_ip is not None:
                     bind_source(sock, self.source_ip)
-                await loop.sock_connect(sock, key.dst)
+                await connect_socket(sock, key.dst)
                 _, tunnel = await loop.create_connection(
                     factory,
                     sock=sock,

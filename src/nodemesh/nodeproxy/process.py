@@ -39,7 +39,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodemesh.ca import CertificateAuthority, RootCA, TrustBundle
 from nodemesh.errors import NodemeshError
 from nodemesh.model.loader import RawDocument, load_text
 from nodemesh.model.schema.base import Document
@@ -71,6 +70,11 @@ TOPOLOGY_KINDS = frozenset(
     {"Namespace", "Cluster", "ServiceAccount", "Pod", "Deployment", "Service", "Gateway"}
 )
 """The kinds `World.build` does not file under `policies` (the control plane's TOPOLOGY_KINDS)."""
+
+
+FLOW_BATCH_SECONDS = 0.02
+"""Flow records are mapped, counted and written in batches this long after the connection ends
+(`FlowRecorder(batch_delay=...)`): off the path of the next connection."""
 
 
 class ConfigError(NodemeshError):
@@ -277,6 +281,8 @@ def credential_source(config: CredentialConfig) -> CredentialSource:
     if config.kind == "agent":
         assert config.bundle is not None
         return AgentCertificates(config.directory, config.bundle)
+    from nodemesh.ca import CertificateAuthority, RootCA, TrustBundle  # cryptography: kind `ca` only
+
     d = config.directory
     signer = RootCA.from_pem((d / "signer.crt").read_bytes(), (d / "signer.key").read_bytes())
     roots = TrustBundle.from_pem((d / "roots.pem").read_bytes()).roots if (d / "roots.pem").exists() else ()
@@ -310,7 +316,7 @@ class _NodeProxyProcess:
         self.metrics = TcpMetrics()
         writer = FlowWriter(config.flows_dir, config.node) if config.flows_dir is not None else None
         self.pipeline = FlowPipeline(FlowRing(), self.metrics, writer)
-        self.recorder = FlowRecorder(self.pipeline, config.node, world)
+        self.recorder = FlowRecorder(self.pipeline, config.node, world, batch_delay=FLOW_BATCH_SECONDS)
         self.node = AmbientNode(
             node=config.node,
             engine=PolicyEngine(world, "ambient"),
@@ -352,6 +358,7 @@ class _NodeProxyProcess:
             await self.node.close()
             if self.metrics_server is not None:
                 await self.metrics_server.close()
+            self.recorder.flush()
             self.pipeline.close()
             self.report({"event": "stopped", "node": self.config.node, "flows": self.recorder.recorded})
 
