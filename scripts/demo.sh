@@ -38,25 +38,24 @@ step $NM analyze -f $SHOP --mode kernel
 if [ "$(id -u)" -ne 0 ]; then
   echo; echo "== (skipping the live cluster: nodemesh up needs root)"; exit 0
 fi
-AMBIENT=examples/shop-ambient-l4
 echo
 echo "== The shop as a live cluster in ambient mode: 2 nodes from network namespaces, the control"
-echo "== plane, and per node a node agent and a node proxy (in-pod capture, HBONE mTLS, L4 policy)."
-echo "== The waypoint proxy (L7) is not built yet, so the live cluster runs $AMBIENT/: the same"
-echo "== workloads in an ambient namespace WITHOUT istio.io/use-waypoint, and one L4 AuthorizationPolicy"
-echo "== (orders-allow-frontend-principal) that admits only frontend's identity to orders."
+echo "== plane; per node a node agent and a node proxy (in-pod capture, HBONE mTLS, L4 policy); and"
+echo "== the waypoint shop/waypoint in its own pod (L7 policy per request: orders-from-frontend)."
 NAME=demo-$$
 trap '$NM down --name $NAME >/dev/null 2>&1' EXIT
-step $NM up -f $AMBIENT --name $NAME || exit 1
+step $NM up -f $SHOP --name $NAME || exit 1
 step $NM status --name $NAME
 echo
-echo "== frontend -> orders (plain curl; captured, tunnelled over HBONE mTLS, allowed at orders):"
+echo "== frontend -> orders (plain curl; captured, HBONE to the waypoint, allowed by orders-from-frontend,"
+echo "== HBONE on to an orders pod, allowed there by the CiliumNetworkPolicy):"
 step $NM exec --name $NAME shop/frontend -- curl -sS -m 5 -o /dev/null -w "frontend -> orders: HTTP %{http_code}\n" http://orders.shop:8080/api/v1/orders/7
 echo
-echo "== reporting -> orders (denied by the destination's node proxy: the connection is reset):"
-step $NM exec --name $NAME shop/reporting -- curl -sS -m 5 -o /dev/null -w "reporting -> orders: HTTP %{http_code}\n" http://orders.shop:8080/api/v1/orders/7
+echo "== reporting -> orders (denied at the waypoint: Envoy's 403 'RBAC: access denied'):"
+step $NM exec --name $NAME shop/reporting -- curl -sS -m 5 -w "\nreporting -> orders: HTTP %{http_code}\n" http://orders.shop:8080/api/v1/orders/7
 echo
-echo "== The flow records of both, from each end (source and destination node proxy):"
+echo "== The flow records of both: per request at the waypoint (with the deciding policy), per"
+echo "== connection at each node proxy (the destination sees the waypoint's identity):"
 step $NM observe --name $NAME --last 10
 step $NM down --name $NAME
 trap - EXIT

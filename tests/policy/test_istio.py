@@ -841,12 +841,19 @@ def test_request_authentication_rejects_an_invalid_token_with_401() -> None:
 
 def test_request_authentication_rejects_unknown_issuers_and_audiences() -> None:
     """Envoy jwt_authn (requires_any of the providers or allow_missing): a present token must come
-    from a configured issuer and carry an accepted audience, else 401."""
+    from a configured issuer, else 401, and carry an accepted audience, else 403 (Envoy
+    `jwt_authn/filter.cc` onComplete: `status == Status::JwtAudienceNotAllowed ? Forbidden :
+    Unauthorized`); a token that failed verification for its audience is 403 as well."""
     w = build(ra("jwt", JWT_AUTHN))
     d = decide(w, flow(w, method="GET", jwt=_jwt(iss="https://other")), WAYPOINT)
     assert d is not None and d.status == 401 and "issuer is not configured" in d.reason
     d = decide(w, flow(w, method="GET", jwt=_jwt(aud="billing")), WAYPOINT)
-    assert d is not None and d.status == 401 and "Audiences" in d.reason
+    assert d is not None and d.status == 403 and d.reason.startswith("Audiences in Jwt are not allowed")
+    failed = Jwt({}, valid=False, error="Audiences in Jwt are not allowed")
+    d = decide(w, flow(w, method="GET", jwt=failed), WAYPOINT)
+    assert d is not None and d.status == 403
+    d = decide(w, flow(w, method="GET", jwt=Jwt({}, valid=False, error="Jwt is expired")), WAYPOINT)
+    assert d is not None and d.status == 401 and d.reason.startswith("Jwt is expired")
 
 
 def test_no_token_passes_authentication_with_no_request_principal() -> None:

@@ -259,8 +259,9 @@ spec:
 def test_ambient_services_that_use_a_waypoint_are_warned_about() -> None:
     """Istio ambient: traffic to a Service labelled (or in a namespace labelled)
     `istio.io/use-waypoint` is sent to that waypoint, never straight to an endpoint
-    (istio-ambient.md, outbound step 1). The local runtime runs no waypoint proxy yet, so `up`
-    says which Services the node proxies will refuse; the shop without that label has none."""
+    (istio-ambient.md, outbound step 1). A world without the waypoint's pod (which `up` renders,
+    tests/waypoint/test_deployment.py) gets a warning naming the Services the node proxies will
+    refuse; the shop without that label has none."""
     shop = plan_cluster(World.build(load_documents([SHOP])))
     assert shop.mode == "ambient"
     assert any("service shop/orders uses waypoint shop/waypoint" in w for w in shop.warnings)

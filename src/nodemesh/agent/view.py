@@ -28,6 +28,7 @@ from nodemesh.ca.bundle import TrustBundle
 from nodemesh.ca.spiffe import SpiffeId
 from nodemesh.controlplane.views import ViewResource, digest
 from nodemesh.errors import NodemeshError
+from nodemesh.waypoint.deployment import MANAGED_LABEL, MANAGED_VALUE
 
 __all__ = ["KNOWN_TYPES", "LocalView", "ViewCheck", "ViewRejectedError"]
 
@@ -42,6 +43,11 @@ class ViewCheck(Protocol):
     """A data path's extra validation of a candidate view: a reason to reject it, or None."""
 
     def __call__(self, candidate: LocalView) -> str | None: ...
+
+
+def _is_waypoint_pod(labels: object) -> bool:
+    """A pod of a waypoint Deployment (`nodemesh.waypoint.deployment`: Istio's managed label)."""
+    return isinstance(labels, Mapping) and labels.get(MANAGED_LABEL) == MANAGED_VALUE
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +87,15 @@ class LocalView:
         return [r.value() for r in self.of_type("workload")]
 
     def identities(self) -> set[SpiffeId]:
-        """The identities of this node's pods that are in the mesh (those that need an SVID)."""
-        return {SpiffeId.parse(str(w["identity"])) for w in self.workloads() if w.get("inMesh")}
+        """The identities of this node's pods that need an SVID: those in the mesh, and waypoint
+        pods (Istio's waypoint template labels them `istio.io/dataplane-mode: none`, so they are
+        not captured, yet they terminate and originate HBONE with their own SVID; the agent
+        obtains it for them, node authorization permitting)."""
+        return {
+            SpiffeId.parse(str(w["identity"]))
+            for w in self.workloads()
+            if w.get("inMesh") or _is_waypoint_pod(w.get("labels"))
+        }
 
     def bundle(self) -> TrustBundle | None:
         res = self.resources.get("bundle/roots")

@@ -60,6 +60,13 @@ def render(status: ClusterStatus) -> str:
         lines.append(
             f"{n.node:10} {n.phase:10} {served:5} {n.restarts:<8} {','.join(n.pods) or '-'}{waiting}"
         )
+    if status.waypoints:
+        lines += ["", f"{'WAYPOINT':20} {'POD':22} {'NODE':9} {'IP':15} {'PHASE':10} {'RESTARTS':8} POLICIES"]
+    for w in status.waypoints:
+        lines.append(
+            f"{w.waypoint:20} {w.pod:22} {w.node:9} {w.ip:15} {w.phase:10} {w.restarts:<8} "
+            f"{w.policy_version or '-'}"
+        )
     lines += ["", f"{'POD':34} {'NODE':9} {'IP':15} {'PHASE':10} READY  EXIT"]
     for pod in status.pods:
         codes = ",".join(str(c.exit_code) for c in pod.containers if c.exit_code is not None)

@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
             pods, expected = f.get("pods"), f.get("expected")
             if isinstance(pods, list) and isinstance(expected, list) and set(expected) <= set(pods):
                 print(f"  node proxy {f['node']!s:8} serving {len(pods)} ambient pods", flush=True)
+        elif event.event == "waypoint" and f["phase"] == "Running":
+            print(f"  waypoint {f['waypoint']!s} serving HBONE in pod {f['pod']} ({f['node']})", flush=True)
 
     plan = control.plan_from(args.filename, name=args.name, nodes=args.nodes)
     for warning in plan.warnings:

@@ -10,6 +10,12 @@ Decisions (pure, `decide_inbound` / `decide_plaintext`), after ztunnel's `build_
   Cilium L3/L4 ingress). The source principal is the verified peer certificate's SAN and
   nothing else; the source pod (labels, namespace) is the one owning the connection's source
   address. The destination port is the target port from `:authority`, not 15008.
+- From a waypoint (the peer's address is a waypoint's pod AND its certificate is that waypoint's
+  SPIFFE id, ztunnel's `check_from_waypoint`): Istio policies see the waypoint's identity
+  (reference §4.2: "the source identity it sees is the waypoint's SA"), and the flow's route
+  names the waypoint; Kubernetes and Cilium rules see the original client, taken from the
+  CONNECT's `forwarded: for=` (only trusted from a verified waypoint), with the Service from its
+  `host=`: the engine's destination point as `nodemesh trace` evaluates it for such a flow.
 - 401 on deny (the stream ends; the connection goes on serving other streams).
 - On allow: connect to the app with the original client address as source (IP_TRANSPARENT),
   then 200; 503 if that connect fails. Never 200 before the upstream is up.
@@ -31,22 +37,38 @@ import time
 from dataclasses import dataclass
 
 from nodemesh.capture.sockets import SocketFactory
-from nodemesh.model.world import Workload, World
+from nodemesh.model.world import ServiceInfo, Workload, World
 from nodemesh.nodeproxy.flow import ConnectionRecord, Direction, FlowSink, FlowVerdict, SecurityPolicy
 from nodemesh.nodeproxy.outbound import HBONE_PORT, ILLEGAL_PORTS, refuse
 from nodemesh.nodeproxy.registry import ConnectionRegistry, TrackedConnection
 from nodemesh.nodeproxy.relay import StreamRelay, TcpRelay
-from nodemesh.nodeproxy.runtime import TaskSet
+from nodemesh.nodeproxy.runtime import TaskSet, connect_socket, ip_of
 from nodemesh.nodeproxy.socket_factory import OriginalDestination
-from nodemesh.nodeproxy.tls import CredentialStore, principal_of, trust_domain_of, verify_client_identity
-from nodemesh.nodeproxy.tunnel import HboneTunnel
+from nodemesh.nodeproxy.tls import (
+    CredentialStore,
+    identity_uri,
+    principal_of,
+    trust_domain_of,
+    verify_client_identity,
+)
+from nodemesh.nodeproxy.tunnel import HboneTunnel, RequestHandler
 from nodemesh.policy.decision import Decision
 from nodemesh.policy.engine import PolicyEngine, Route
 from nodemesh.policy.flow import Endpoint, FlowContext
 from nodemesh.protocols import ErrorCode, HboneServer, HboneSettings, RequestReceived, format_authority
 from nodemesh.protocols import parse_authority as parse_hbone_authority
+from nodemesh.protocols.connect import parse_forwarded
+from nodemesh.waypoint.deployment import waypoint_of
 
-__all__ = ["InboundPlan", "InboundProxy", "InboundRequest", "decide_inbound", "decide_plaintext"]
+__all__ = [
+    "InboundPlan",
+    "InboundProxy",
+    "InboundRequest",
+    "decide_inbound",
+    "decide_plaintext",
+    "server_tunnel",
+    "source_endpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +88,8 @@ class InboundRequest:
     """The HBONE connection's source: the client pod (or its waypoint)."""
     peer_identity: str | None
     """The verified certificate's SPIFFE id; None for plaintext."""
+    forwarded: str | None = None
+    """The CONNECT's `forwarded` header (trusted only when the peer is a waypoint)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +114,9 @@ class InboundPlan:
         return {200: "-", 401: "DENY", 503: "CONNECT"}.get(self.status, "CONNECT")
 
 
-def _source(world: World, peer_ip: IPAddress, identity: str | None) -> tuple[Endpoint, Workload | None]:
+def source_endpoint(
+    world: World, peer_ip: IPAddress, identity: str | None
+) -> tuple[Endpoint, Workload | None]:
     """The source endpoint: the pod owning `peer_ip` (for its labels), with the principal of the
     verified certificate only (None for plaintext)."""
     workload = world.workload_by_ip(peer_ip)
@@ -100,13 +126,40 @@ def _source(world: World, peer_ip: IPAddress, identity: str | None) -> tuple[End
     return dataclasses.replace(base, principal=principal, ip=peer_ip, key=""), workload
 
 
+def _behind_waypoint(
+    world: World, forwarded: str | None
+) -> tuple[Endpoint, Workload, ServiceInfo | None] | None:
+    """The original client (and Service) a waypoint names in `forwarded`, if it names a pod."""
+    client, host = parse_forwarded(forwarded) if forwarded else (None, None)
+    workload = world.workload_by_ip(client) if client is not None else None
+    if client is None or workload is None:
+        return None
+    name, _, rest = (host or "").partition(".")
+    service = world.services.get((rest.split(".", 1)[0], name)) if rest else None
+    return dataclasses.replace(world.endpoint(workload, mtls=False), ip=client, key=""), workload, service
+
+
 def _authorize(
-    engine: PolicyEngine, pod: Workload, peer_ip: IPAddress, identity: str | None, port: int
+    engine: PolicyEngine,
+    pod: Workload,
+    peer_ip: IPAddress,
+    identity: str | None,
+    port: int,
+    *,
+    forwarded: str | None = None,
 ) -> InboundPlan:
     world = engine.world
-    src, src_workload = _source(world, peer_ip, identity)
-    ctx = FlowContext(src, world.endpoint(pod), port)
+    src, src_workload = source_endpoint(world, peer_ip, identity)
     route = Route(src_workload=src_workload, dst_workload=pod)
+    waypoint = waypoint_of(world, src_workload) if src_workload is not None else None
+    if waypoint is not None and identity == identity_uri(engine.waypoint_endpoint(waypoint).principal or ""):
+        original = _behind_waypoint(world, forwarded)
+        if original is not None:
+            src, src_workload, service = original
+            route = Route(src_workload=src_workload, dst_workload=pod, service=service, waypoint=waypoint)
+        else:
+            route = Route(src_workload=src_workload, dst_workload=pod, waypoint=waypoint)
+    ctx = FlowContext(src, world.endpoint(pod), port)
     decision = engine.destination(ctx, route).decision
     assert pod.ip is not None
     common = {"ctx": ctx, "route": route, "decision": decision, "src_workload": src_workload}
@@ -135,7 +188,7 @@ def decide_inbound(req: InboundRequest, pod: Workload, engine: PolicyEngine) -> 
         return InboundPlan(400, f"ip mismatch: {target.ip} != {req.local_ip}")
     if target.port in ILLEGAL_PORTS:
         return InboundPlan(400, "attempted recursive call to ourselves")
-    return _authorize(engine, pod, req.peer[0], req.peer_identity, target.port)
+    return _authorize(engine, pod, req.peer[0], req.peer_identity, target.port, forwarded=req.forwarded)
 
 
 def decide_plaintext(
@@ -148,6 +201,27 @@ def decide_plaintext(
     if port in ILLEGAL_PORTS:
         return InboundPlan(400, "attempted recursive call to ourselves")
     return _authorize(engine, pod, peer[0], None, port)
+
+
+def server_tunnel(
+    settings: HboneSettings,
+    trust_domain: str,
+    on_request: RequestHandler,
+    tunnels: set[HboneTunnel],
+    name: str,
+) -> HboneTunnel:
+    """The server end of one HBONE connection (an asyncio protocol factory's product): the
+    client must prove a SPIFFE id in `trust_domain` (reference §1.2); kept in `tunnels` while
+    it lives. The node proxy's 15008 listeners and the waypoint's use it."""
+
+    def verify(ssl_object: object) -> str:
+        return verify_client_identity(ssl_object, trust_domain)  # type: ignore[arg-type]
+
+    tunnel = HboneTunnel(
+        HboneServer(settings), verify=verify, on_request=on_request, on_closed=tunnels.discard, name=name
+    )
+    tunnels.add(tunnel)
+    return tunnel
 
 
 class _InboundRelay(StreamRelay):
@@ -257,31 +331,20 @@ class InboundProxy:
 
     # ---- HBONE -----------------------------------------------------------------------------
     def _new_tunnel(self) -> HboneTunnel:
-        trust_domain = self.trust_domain
-
-        def verify(ssl_object: object) -> str:
-            return verify_client_identity(ssl_object, trust_domain)  # type: ignore[arg-type]
-
-        tunnel = HboneTunnel(
-            HboneServer(self.settings),
-            verify=verify,
-            on_request=self._on_request,
-            on_closed=self.tunnels.discard,
-            name=f"hbone-in {self.pod.namespace}/{self.pod.pod}",
-        )
-        self.tunnels.add(tunnel)
-        return tunnel
+        name = f"hbone-in {self.pod.namespace}/{self.pod.pod}"
+        return server_tunnel(self.settings, self.trust_domain, self._on_request, self.tunnels, name)
 
     def _on_request(self, tunnel: HboneTunnel, ev: RequestReceived) -> None:
         start = time.time()
         assert tunnel.local_address is not None and tunnel.peer_address is not None
-        peer = (ipaddress.ip_address(tunnel.peer_address[0]), int(tunnel.peer_address[1]))
+        peer = (ip_of(tunnel.peer_address[0]), int(tunnel.peer_address[1]))
         req = InboundRequest(
             ev.method,
             ev.authority,
-            ipaddress.ip_address(tunnel.local_address[0]),
+            ip_of(tunnel.local_address[0]),
             peer,
             tunnel.peer_identity,
+            next((v for k, v in ev.headers if k == "forwarded"), None),
         )
         plan = decide_inbound(req, self.pod, self.engine)
         if not plan.allowed:
@@ -340,7 +403,7 @@ class InboundProxy:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             async with asyncio.timeout(self.connect_timeout):
-                await loop.sock_connect(sock, (str(ip), port))
+                await connect_socket(sock, (str(ip), port))
                 await loop.create_connection(lambda: protocol, sock=sock)
         except BaseException:
             sock.close()

@@ -25,9 +25,9 @@ node proxy takes over with new listeners (SO_REUSEPORT).
 
 `update_policy(engine)` adopts a new world and policies: outbound decisions use it at once, and
 live inbound connections are re-evaluated and closed when no longer allowed (ztunnel's
-PolicyWatcher, §1.7). Waypoints: no waypoint proxy exists yet, so `waypoint_address` answers
-None and a connection that must go through a waypoint is refused with that reason in its flow
-record (never sent around the waypoint).
+PolicyWatcher, §1.7). Waypoints: `waypoint_address` says where each waypoint runs (the process
+passes its config's `waypoint_ips`); a waypoint it has no address for is refused with that reason
+in the flow record (never sent around the waypoint).
 
 Decide, then do: `plan_pod` and `plan_pods` are pure; `AmbientNode` executes their plans.
 Every task is named and owned (per pod, a `TaskSet` of accept loops and one of connection

@@ -61,6 +61,7 @@ __all__ = [
     "UNKNOWN_DROP",
     "FlowRecorder",
     "PipelineSink",
+    "flow_endpoint",
     "flow_from_record",
     "workloads_by_ip",
 ]
@@ -92,13 +93,15 @@ EndpointCache = MutableMapping[IPAddress, FlowEndpoint]
 """A pod's endpoint (port 0, no identity) by address, for one world."""
 
 
-def _endpoint(
+def flow_endpoint(
     world: World,
     by_ip: Mapping[IPAddress, Workload],
     address: str,
     identity: str | None,
     cache: EndpointCache | None = None,
 ) -> FlowEndpoint:
+    """The flow endpoint at `address` (`ip:port`): the world's pod there (labels, workload,
+    cluster) or an outside address, with `identity` only as verified by the caller."""
     ip, port = _split(address)
     workload = by_ip.get(ip) if ip is not None else None
     if workload is not None:
@@ -151,8 +154,8 @@ def flow_from_record(
     index = by_ip if by_ip is not None else workloads_by_ip(world)
     outbound = record.direction is Direction.OUTBOUND
     dst_address = record.dst_hbone_addr if outbound and record.dst_hbone_addr else record.dst_addr
-    source = _endpoint(world, index, record.src_addr, record.src_identity, endpoints)
-    destination = _endpoint(world, index, dst_address, record.dst_identity, endpoints)
+    source = flow_endpoint(world, index, record.src_addr, record.src_identity, endpoints)
+    destination = flow_endpoint(world, index, dst_address, record.dst_identity, endpoints)
     if destination.workload is None and record.dst_workload is not None:
         destination = replace(destination, namespace=record.dst_namespace, workload=record.dst_workload)
     service: FlowService | None = None

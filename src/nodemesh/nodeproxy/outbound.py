@@ -38,7 +38,7 @@ from nodemesh.model.world import ServiceInfo, Waypoint, Workload, World
 from nodemesh.nodeproxy.flow import ConnectionRecord, Direction, FlowSink, FlowVerdict, SecurityPolicy
 from nodemesh.nodeproxy.pool import HbonePool, PoolKey
 from nodemesh.nodeproxy.relay import StreamRelay, TcpRelay
-from nodemesh.nodeproxy.runtime import TaskSet, connect_socket
+from nodemesh.nodeproxy.runtime import TaskSet, connect_socket, ip_of
 from nodemesh.nodeproxy.socket_factory import OriginalDestination
 from nodemesh.nodeproxy.tls import IdentityError, identity_uri
 from nodemesh.nodeproxy.tunnel import TunnelClosedError
@@ -368,10 +368,10 @@ class OutboundProxy:
 
     async def handle(self, sock: socket.socket, peer: tuple[str, int]) -> None:
         start = time.time()
-        peer_ip = ipaddress.ip_address(peer[0])
+        peer_ip = ip_of(peer[0])
         try:
             dst_text, dst_port = self.original_destination(sock)
-            original = (ipaddress.ip_address(dst_text), dst_port)
+            original = (ip_of(dst_text), dst_port)
         except (OSError, ValueError) as exc:
             refuse(sock)
             log.warning("outbound: no original destination for %s: %s", peer, exc)
@@ -507,7 +507,7 @@ class OutboundProxy:
                 start_time=start,
                 duration=max(time.time() - start, 0.0),
                 direction=Direction.OUTBOUND,
-                src_addr=format_authority(ipaddress.ip_address(peer[0]), peer[1]),
+                src_addr=format_authority(ip_of(peer[0]), peer[1]),
                 dst_addr=format_authority(*hop),
                 verdict=verdict,
                 src_workload=self.source.name,

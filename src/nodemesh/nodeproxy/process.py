@@ -35,31 +35,40 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from nodemesh.errors import NodemeshError
 from nodemesh.model.loader import RawDocument, load_text
 from nodemesh.model.schema.base import Document
 from nodemesh.model.validate import load_documents, parse_documents
-from nodemesh.model.world import World
+from nodemesh.model.world import Waypoint, World
 from nodemesh.nodeproxy.credentials import AgentCertificates, AuthorityCredentials, CredentialSource
 from nodemesh.nodeproxy.node import AmbientNode, NodeProxySettings, PodAttachment, PodChanges
 from nodemesh.nodeproxy.observe_adapter import FlowRecorder
 from nodemesh.nodeproxy.runtime import TaskSet, loop_name, new_event_loop, tune_allocator
 from nodemesh.observe import FlowPipeline, FlowRing, FlowWriter, MetricsServer, TcpMetrics
 from nodemesh.policy.engine import PolicyEngine
+from nodemesh.policy.flow import IPAddress
 
 __all__ = [
+    "ConfigError",
     "CredentialConfig",
     "NodeProxyConfig",
     "PolicySnapshot",
+    "WorldSource",
     "build_world",
     "credential_source",
     "main",
+    "parse_metrics_address",
+    "print_report",
+    "process_main",
+    "read_config_json",
     "read_policies",
     "run_node_proxy",
+    "run_on_new_loop",
     "serve_node_proxy",
 ]
 
@@ -128,17 +137,21 @@ class NodeProxyConfig:
     policies: Path | None = None
     """A policy snapshot file (`PolicySnapshot`); when it exists, its documents replace the
     manifests' policies (the runtime's node agent writes it on every ACK)."""
+    waypoint_ips: Mapping[str, str] = field(default_factory=dict)
+    """`ns/gateway` -> the address of the pod running that waypoint; traffic that must go
+    through a waypoint missing here is refused (never sent around it)."""
+
+    def waypoint_address(self, waypoint: Waypoint) -> IPAddress | None:
+        """The `waypoint_address` callback of the node's outbound proxies."""
+        ip = self.waypoint_ips.get(waypoint.key)
+        return ipaddress.ip_address(ip) if ip else None
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, object]) -> NodeProxyConfig:
         try:
             creds = raw["credentials"]
             assert isinstance(creds, Mapping)
-            metrics = raw.get("metrics", "0.0.0.0:15020")
-            metrics_addr = None
-            if metrics is not None:
-                host, _, port = str(metrics).rpartition(":")
-                metrics_addr = (host.strip("[]") or "0.0.0.0", int(port))
+            metrics_addr = parse_metrics_address(raw.get("metrics", "0.0.0.0:15020"))
             pods_raw = raw.get("pods", [])
             assert isinstance(pods_raw, list)
             manifests = raw.get("manifests", [])
@@ -167,6 +180,7 @@ class NodeProxyConfig:
                 use_uvloop=bool(raw.get("use_uvloop", True)),
                 credential_refresh_seconds=float(str(raw.get("credential_refresh_seconds", 30.0))),
                 retry_seconds=float(str(raw.get("retry_seconds", 0.5))),
+                waypoint_ips=_str_map(raw.get("waypoint_ips", {})),
             )
         except (KeyError, TypeError, ValueError, AssertionError) as exc:
             raise ConfigError(f"invalid node proxy config: {exc!r}") from exc
@@ -192,17 +206,12 @@ class NodeProxyConfig:
             "use_uvloop": self.use_uvloop,
             "credential_refresh_seconds": self.credential_refresh_seconds,
             "retry_seconds": self.retry_seconds,
+            "waypoint_ips": dict(self.waypoint_ips),
         }
 
     @classmethod
     def load(cls, path: Path) -> NodeProxyConfig:
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read the node proxy config {path}: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the config must be a JSON object")
-        return cls.from_dict(raw)
+        return cls.from_dict(read_config_json(path, "node proxy"))
 
     def write(self, path: Path) -> None:
         """Write atomically (what a runtime does before SIGHUP)."""
@@ -258,7 +267,22 @@ def _is_policy(doc: Document) -> bool:
     return doc.kind not in TOPOLOGY_KINDS
 
 
-def build_world(config: NodeProxyConfig, policies: PolicySnapshot | None = None) -> World:
+class WorldSource(Protocol):
+    """What `build_world` reads from a config (the node proxy's, or a waypoint's)."""
+
+    @property
+    def manifests(self) -> tuple[Path, ...]: ...
+    @property
+    def pod_ips(self) -> Mapping[str, str]: ...
+    @property
+    def service_ips(self) -> Mapping[str, str]: ...
+    @property
+    def cluster_name(self) -> str | None: ...
+    @property
+    def mode(self) -> str | None: ...
+
+
+def build_world(config: WorldSource, policies: PolicySnapshot | None = None) -> World:
     """The world from the manifests, with the runtime's pod addresses and Service ClusterIPs;
     with `policies`, its documents replace the manifests' policies."""
     docs = load_documents([str(p) for p in config.manifests])
@@ -323,8 +347,12 @@ class _NodeProxyProcess:
             credentials=credential_source(config.credentials),
             sink=self.recorder,
             settings=NodeProxySettings(manage_capture=config.manage_capture),
+            waypoint_address=self._waypoint_address,
         )
         self.metrics_server = MetricsServer(self.metrics, *config.metrics) if config.metrics else None
+
+    def _waypoint_address(self, waypoint: Waypoint) -> IPAddress | None:
+        return self.config.waypoint_address(waypoint)  # follows the config across reloads
 
     async def run(self, *, handle_signals: bool = True) -> None:
         loop = asyncio.get_running_loop()
@@ -416,15 +444,79 @@ class _NodeProxyProcess:
                     )
 
 
-def _print_report(event: dict[str, object]) -> None:
+def print_report(event: dict[str, object]) -> None:
+    """The processes' report channel: one sorted JSON object per line on stdout."""
     print(json.dumps(event, sort_keys=True), flush=True)
+
+
+def read_config_json(path: Path, what: str) -> Mapping[str, object]:
+    """A process's JSON config object, or ConfigError naming `what` and the path."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read the {what} config {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the config must be a JSON object")
+    return raw
+
+
+def parse_metrics_address(raw: object) -> tuple[str, int] | None:
+    """`host:port` (`[v6]:port`, empty host = 0.0.0.0), or None for no metrics endpoint."""
+    if raw is None:
+        return None
+    host, _, port = str(raw).rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def run_on_new_loop(serve: Callable[[], Coroutine[Any, Any, None]], *, use_uvloop: bool) -> None:
+    """Run `serve()` on a fresh loop (uvloop unless told otherwise) until it returns."""
+    loop = new_event_loop(use_uvloop=use_uvloop)
+    try:
+        loop.run_until_complete(serve())
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def process_main(
+    argv: Sequence[str] | None, *, prog: str, description: str, what: str, run: Callable[[Path], None]
+) -> int:
+    """The command line both proxy processes share: `--config`, `--log-level`, `--wait-for-go`
+    (imported, wait for a line on stdin before reading the config: the runtime sends it once the
+    node's agent holds its view and SVIDs), errors on stderr with the exit code."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", type=Path, required=True, help=f"the {what}'s JSON config")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--wait-for-go",
+        action="store_true",
+        help="imported, wait for a line on stdin before reading the config (the runtime sends it "
+        "once the node's agent holds its view and SVIDs)",
+    )
+    args = parser.parse_args(argv)
+    if args.wait_for_go and not sys.stdin.readline():
+        return 1  # the supervisor went away first
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        run(args.config)
+    except NodemeshError as exc:
+        print(f"{what}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:  # a CA directory or a namespace file that is not there
+        print(f"{what}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def serve_node_proxy(
     config: NodeProxyConfig,
     *,
     reload: Callable[[], NodeProxyConfig] | None = None,
-    report: Report = _print_report,
+    report: Report = print_report,
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
 ) -> None:
@@ -444,46 +536,18 @@ def run_node_proxy(config: NodeProxyConfig, config_path: Path | None = None) -> 
     re-reads the config."""
     if os.environ.get("NODEMESH_NO_MALLOPT") != "1":
         tune_allocator()
-    loop = new_event_loop(use_uvloop=config.use_uvloop)
     reload = (lambda: NodeProxyConfig.load(config_path)) if config_path is not None else None
-    try:
-        loop.run_until_complete(serve_node_proxy(config, reload=reload))
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+    run_on_new_loop(lambda: serve_node_proxy(config, reload=reload), use_uvloop=config.use_uvloop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return process_main(
+        argv,
         prog="python -m nodemesh.nodeproxy.process",
         description="Run the ambient node proxy of one node (see docs/hbone.md).",
+        what="node proxy",
+        run=lambda path: run_node_proxy(NodeProxyConfig.load(path), path),
     )
-    parser.add_argument("--config", type=Path, required=True, help="the node proxy's JSON config")
-    parser.add_argument("--log-level", default="INFO")
-    parser.add_argument(
-        "--wait-for-go",
-        action="store_true",
-        help="imported, wait for a line on stdin before reading the config (the runtime sends it "
-        "once the node's agent holds its view and SVIDs)",
-    )
-    args = parser.parse_args(argv)
-    if args.wait_for_go and not sys.stdin.readline():
-        return 1  # the supervisor went away first
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        config = NodeProxyConfig.load(args.config)
-        run_node_proxy(config, args.config)
-    except NodemeshError as exc:
-        print(f"node proxy: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except OSError as exc:  # a CA directory or a namespace file that is not there
-        print(f"node proxy: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

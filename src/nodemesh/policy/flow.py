@@ -91,6 +91,9 @@ class Jwt:
 
     claims: Mapping[str, object] = field(default_factory=dict)
     valid: bool = True
+    error: str | None = None
+    """Why verification failed, in Envoy's words (jwt_verify_lib `getStatusString`, e.g. "Jwt is
+    expired", "Audiences in Jwt are not allowed"); None: "Jwt verification fails"."""
 
     @property
     def request_principal(self) -> str | None:

@@ -30,6 +30,7 @@ __all__ = [
     "forwarded_header",
     "parse_authority",
     "parse_baggage",
+    "parse_forwarded",
     "traceparent_header",
 ]
 
@@ -119,6 +120,30 @@ def forwarded_header(client_ip: IPAddress, client_port: int, service_host: str |
     """RFC 7239 `for="<ip:port>"` (IPv6 bracketed), `;host=` the Service hostname if any."""
     value = f'for="{format_authority(client_ip, client_port)}"'
     return f"{value};host={service_host}" if service_host else value
+
+
+def parse_forwarded(text: str) -> tuple[IPAddress | None, str | None]:
+    """RFC 7239 §4-5: the first element's `for` address (`"ip:port"`, `"[v6]:port"` or a bare
+    IP; None for an obfuscated or unknown node) and its `host` (None when absent)."""
+    first = text.split(",", 1)[0]
+    client: IPAddress | None = None
+    host: str | None = None
+    for pair in first.split(";"):
+        key, sep, value = pair.strip().partition("=")
+        if not sep:
+            continue
+        value = value.strip().strip('"')
+        if key.strip().lower() == "for":
+            try:
+                client = ipaddress.ip_address(value)
+            except ValueError:
+                try:
+                    client = parse_authority(value).ip
+                except ValueError:
+                    client = None
+        elif key.strip().lower() == "host":
+            host = value or None
+    return client, host
 
 
 def traceparent_header(trace_id: int, parent_id: int) -> str:

@@ -106,16 +106,32 @@ def plan_from(paths: Sequence[str], *, name: str | None = None, nodes: int | Non
     The documents must also pass the control plane's cross-document rules (a pod's
     ServiceAccount exists, pod names are unique, ...): the cluster's control plane applies them
     at start, and a refusal there would fail the build."""
+    return _plan(paths, name=name, nodes=nodes)[0]
+
+
+def _plan(
+    paths: Sequence[str], *, name: str | None = None, nodes: int | None = None
+) -> tuple[ClusterPlan, str]:
+    """The plan, and the waypoint documents `up` adds to the manifest snapshot (mode ambient:
+    a ServiceAccount and Deployment per Gateway of class istio-waypoint, as Istio's deployment
+    controller renders them; "" when there are none)."""
     from nodemesh.controlplane.references import check_references, doc_key
+    from nodemesh.model.loader import load_text
+    from nodemesh.model.validate import parse_documents
+    from nodemesh.waypoint.deployment import GENERATED_MANIFEST, waypoint_manifest
 
     docs = load_documents(list(paths))
+    world = World.build(docs)
+    generated = waypoint_manifest(world) if world.mode == "ambient" else ""
+    if generated:
+        docs = [*docs, *parse_documents(load_text(generated, GENERATED_MANIFEST))]
+        world = World.build(docs)
     problems = check_references(docs, [doc_key(d) for d in docs])
     if problems:
         raise ManifestError(problems)
-    world = World.build(docs)
     plan = plan_cluster(world, name=name, nodes=nodes)
     validate_name(plan.name)
-    return plan
+    return plan, generated
 
 
 def _check_ca(ca_cert: str | None, ca_key: str | None) -> tuple[str, str] | None:
@@ -149,7 +165,7 @@ def up(
 ) -> ClusterPlan:
     """Build and start a cluster; return its plan once every pod is ready or has exited and
     every node agent has answered its first view (`ca_cert`/`ca_key`: a root CA to sign with)."""
-    plan = plan_from(paths, name=name, nodes=nodes)
+    plan, generated = _plan(paths, name=name, nodes=nodes)
     ca = _check_ca(ca_cert, ca_key)
     check_privileges()
     state = ClusterDir.of(plan.name, run_dir)
@@ -164,6 +180,10 @@ def up(
         state.manifests.mkdir()
         for i, source in enumerate(_expand(paths)):
             shutil.copyfile(source, state.manifests / f"{i:03d}-{source.name}")
+        if generated:  # after the user's files (names sort after digits)
+            from nodemesh.waypoint.deployment import GENERATED_MANIFEST
+
+            (state.manifests / GENERATED_MANIFEST).write_text(generated)
         sources = tuple(str(Path(p).resolve()) for p in paths)
         state.options.write_text(Options(plan.name, nodes, sources, *(ca or (None, None))).to_json())
         read_fd, write_fd = os.pipe()

@@ -38,6 +38,12 @@ last start is signalled (before it installs its handler, SIGHUP would kill it); 
 later reads the latest file itself, and if its `ready` names an older version it is signalled
 then.
 
+Waypoints (mode ambient): one waypoint process per waypoint pod (`waypoints.plan_waypoints`),
+in the pod's network namespace, supervised and gated like the node proxies: released when the
+agent of the pod's node has answered (that agent obtains the waypoint's SVID), SIGHUP on that
+agent's ACKs (it reads the same `policies.json`). Workloads start only once every waypoint has
+reported `ready` too: a client's first request through a waypoint must find it listening.
+
 `up` is ready when the control plane serves and every agent has answered its first view (an
 ACK; a NACK or an agent that exited is reported as a failure). Each agent reports what `status`
 shows as JSON lines on its stdout, read here without blocking the event loop.
@@ -60,11 +66,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nodemesh.runtime import netns
-from nodemesh.runtime.state import AgentStatus, ClusterDir, ControlPlaneStatus, NodeProxyStatus
+from nodemesh.runtime.state import (
+    AgentStatus,
+    ClusterDir,
+    ControlPlaneStatus,
+    NodeProxyStatus,
+    WaypointStatus,
+)
 
 if TYPE_CHECKING:
     from nodemesh.model.world import World
     from nodemesh.runtime.topology import ClusterPlan
+    from nodemesh.runtime.waypoints import WaypointPlan
 
 # Light on purpose: the supervisor spawns the control plane before it imports the schemas and
 # the planner (`placement`, `topology`, `workloads` are imported where they are used).
@@ -314,6 +327,13 @@ class MeshProcesses:
         """The pid of each node proxy that reported `ready` (it handles SIGHUP from then on)."""
         self.proxy_signalled: dict[str, str] = {}
         """The agent version each node proxy was last sent SIGHUP for."""
+        self.waypoints: dict[str, Supervised] = {}
+        """Waypoint processes by waypoint pod (`ns/pod`)."""
+        self.waypoint_plans: dict[str, WaypointPlan] = {}
+        self.waypoint_reports: dict[str, dict[str, object]] = {}
+        self.waypoint_ready_once: set[str] = set()
+        self.waypoint_ready_pid: dict[str, int] = {}
+        self.waypoint_signalled: dict[str, str] = {}
 
     def _changed(self) -> None:
         if not self.controlplane.running:
@@ -381,6 +401,34 @@ class MeshProcesses:
             self.proxy_expected[proxy.node] = proxy.expected
             process.start()
 
+    def start_waypoints(self, plan: ClusterPlan) -> None:
+        """Mode ambient: spawn a waypoint process per waypoint pod, in the pod's namespace, gated
+        until the agent of its node has answered. Writes `<cluster>/waypoint/<ns>.<pod>.json`."""
+        from nodemesh.runtime.waypoints import plan_waypoints
+
+        for wp in plan_waypoints(plan, self.state):
+            path = self.state.waypoint_config(wp.pod)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.state.flows.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(wp.config, indent=2))
+            process = Supervised(
+                f"waypoint {wp.waypoint} ({wp.pod})",
+                [
+                    *(sys.executable, "-m", "nodemesh.waypoint.process", "--wait-for-go"),
+                    *("--config", str(path)),
+                ],
+                path.with_suffix(".log"),
+                functools.partial(self._on_waypoint, wp.pod),
+                self._changed,
+                netns_path=wp.netns,
+                gated=True,
+            )
+            if wp.node in self.answered:
+                process.release()
+            self.waypoints[wp.pod] = process
+            self.waypoint_plans[wp.pod] = wp
+            process.start()
+
     def attach(self) -> None:
         """Hook the processes' output into the running event loop."""
         for process in self._processes():
@@ -406,7 +454,13 @@ class MeshProcesses:
             proxy = self.node_proxies.get(node)
             if proxy is not None:
                 proxy.release()
+            for pod, wp in self.waypoint_plans.items():
+                if wp.node == node:
+                    self.waypoints[pod].release()
         self._reload_policies(node)
+        for pod, wp in self.waypoint_plans.items():
+            if wp.node == node:
+                self._reload_waypoint(pod)
         self.changed.set()
 
     def _on_node_proxy(self, node: str, line: dict[str, object]) -> None:
@@ -426,6 +480,38 @@ class MeshProcesses:
             log.warning("node proxy %s: %s", node, line.get("error"))
         self.changed.set()
 
+    def _on_waypoint(self, pod: str, line: dict[str, object]) -> None:
+        event = line.get("event")
+        if event in ("ready", "reloaded", "waiting"):
+            if event == "ready":
+                self.waypoint_ready_once.add(pod)
+                self.waypoint_signalled.pop(pod, None)
+                pid = self.waypoints[pod].pid
+                if pid is not None:
+                    self.waypoint_ready_pid[pod] = pid
+            if event != "waiting":
+                self.waypoint_reports[pod] = line
+            self._reload_waypoint(pod)
+        elif event == "stopped":
+            self.waypoint_reports.pop(pod, None)
+        elif event == "error":
+            log.warning("waypoint %s: %s", pod, line.get("error"))
+        self.changed.set()
+
+    def _reload_waypoint(self, pod: str) -> None:
+        """SIGHUP a waypoint whose node agent ACKed policies it does not enforce (as for node
+        proxies: only after its `ready`, once per ACKed version)."""
+        process = self.waypoints.get(pod)
+        if process is None or process.pid is None or self.waypoint_ready_pid.get(pod) != process.pid:
+            return
+        node = self.waypoint_plans[pod].node
+        acked = str(self.reports.get(node, {}).get("acked_version", ""))
+        enforced = str(self.waypoint_reports.get(pod, {}).get("policy_version", ""))
+        if policy_reload_due(acked, enforced, self.waypoint_signalled.get(pod, "")):
+            log.info("waypoint %s: reloading the policies of version %s", pod, acked)
+            self.waypoint_signalled[pod] = acked
+            process.signal(signal.SIGHUP)
+
     def _reload_policies(self, node: str) -> None:
         """SIGHUP the node's proxy if its agent ACKed policies it does not enforce (module doc)."""
         proxy = self.node_proxies.get(node)
@@ -439,7 +525,12 @@ class MeshProcesses:
             proxy.signal(signal.SIGHUP)
 
     def _processes(self) -> tuple[Supervised, ...]:
-        return (self.controlplane, *self.agents.values(), *self.node_proxies.values())
+        return (
+            self.controlplane,
+            *self.agents.values(),
+            *self.node_proxies.values(),
+            *self.waypoints.values(),
+        )
 
     def served(self, node: str) -> tuple[str, ...]:
         """The pods the node's proxy reported serving (none while it is not running)."""
@@ -451,8 +542,14 @@ class MeshProcesses:
         return tuple(str(p) for p in pods)
 
     def data_path_ready(self) -> bool:
-        """Every node proxy serves every ambient pod of its node (true without node proxies)."""
-        return all(set(self.proxy_expected[n]) <= set(self.served(n)) for n in self.node_proxies)
+        """Every node proxy serves every ambient pod of its node, and every waypoint listens
+        (true without node proxies and waypoints)."""
+        proxies = all(set(self.proxy_expected[n]) <= set(self.served(n)) for n in self.node_proxies)
+        return proxies and all(self._waypoint_ready(pod) for pod in self.waypoints)
+
+    def _waypoint_ready(self, pod: str) -> bool:
+        process = self.waypoints[pod]
+        return process.running and self.waypoint_reports.get(pod, {}).get("event") in ("ready", "reloaded")
 
     # ---- the supervisor's questions ----------------------------------------------------------
     def reaped(self, pid: int, wait_status: int) -> bool:
@@ -460,7 +557,15 @@ class MeshProcesses:
 
     def failure(self) -> str | None:
         """Why the cluster cannot be built: the control plane exited before it ever served, or a
-        node proxy exited three times without ever reporting ready."""
+        node proxy or waypoint exited three times without ever reporting ready."""
+        for pod, process in self.waypoints.items():
+            if pod not in self.waypoint_ready_once and process.exits >= PROXY_START_ATTEMPTS:
+                tail = ""
+                with contextlib.suppress(OSError):
+                    tail = self.state.waypoint_config(pod).with_suffix(".log").read_text()[-2000:].strip()
+                return (
+                    f"the waypoint of pod {pod} exited with code {process.exit_code} before serving:\n{tail}"
+                )
         for node, proxy in self.node_proxies.items():
             if node not in self.proxy_ready_once and proxy.exits >= PROXY_START_ATTEMPTS:
                 tail = ""
@@ -534,12 +639,38 @@ class MeshProcesses:
             )
         return tuple(out)
 
+    def waypoint_statuses(self) -> tuple[WaypointStatus, ...]:
+        out = []
+        for pod, process in self.waypoints.items():
+            wp = self.waypoint_plans[pod]
+            report = self.waypoint_reports.get(pod, {}) if process.running else {}
+            out.append(
+                WaypointStatus(
+                    wp.waypoint,
+                    pod,
+                    wp.node,
+                    wp.ip,
+                    "Pending" if process.process is None else process.phase(bool(report)),
+                    identity=str(report.get("identity", "")),
+                    pid=process.pid,
+                    restarts=process.restarts,
+                    exit_code=process.exit_code,
+                    policy_version=str(report.get("policy_version", "")),
+                )
+            )
+        return tuple(out)
+
     # ---- stopping ------------------------------------------------------------------------
     def running_pids(self) -> list[int]:
         return [p for p in (s.pid for s in self._processes()) if p is not None]
 
     def signal_all(self, signum: signal.Signals) -> None:
-        for process in (*self.node_proxies.values(), *self.agents.values(), self.controlplane):
+        for process in (
+            *self.waypoints.values(),
+            *self.node_proxies.values(),
+            *self.agents.values(),
+            self.controlplane,
+        ):
             process.signal(signum)
 
 

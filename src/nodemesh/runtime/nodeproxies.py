@@ -22,7 +22,9 @@ workloads start:
   captured: their traffic is refused until the next proxy serves them (fail closed), never sent
   around the mesh in the clear (ztunnel's restart behaviour, istio-ambient.md §3.1);
 - flows go to `<cluster>/flows/<node>.jsonl`, where `nodemesh observe` reads them; metrics on
-  `0.0.0.0:15020` in the node's namespace (ztunnel's port).
+  `0.0.0.0:15020` in the node's namespace (ztunnel's port);
+- `waypoint_ips`: each waypoint's pod address (`ns/gateway` -> IP), where the node proxies send
+  traffic that must go through that waypoint (ztunnel's `GatewayAddress`, reference §1.6).
 
 The dictionary mirrors `NodeProxyConfig.to_dict()`; building it here keeps the supervisor from
 importing the node proxy's code (about 1.3 s of imports) on its critical path. A test checks
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
     from nodemesh.runtime.state import ClusterDir
     from nodemesh.runtime.topology import ClusterPlan
 
-__all__ = ["NodeProxyPlan", "plan_node_proxies"]
+__all__ = ["NodeProxyPlan", "plan_node_proxies", "proxy_config_base"]
 
 METRICS_ADDRESS = "0.0.0.0:15020"
 RETRY_SECONDS = 0.1
@@ -55,13 +57,35 @@ class NodeProxyPlan:
     expected: tuple[str, ...]
 
 
+def proxy_config_base(plan: ClusterPlan, state: ClusterDir, node: str) -> dict[str, object]:
+    """What a node proxy's and a waypoint's configs share: the cluster's world and addresses,
+    the policies and SVIDs of `node`'s agent, flows, metrics and timings."""
+    return {
+        "manifests": [str(state.manifests)],
+        "policies": str(state.agent_policies(node)),
+        "credentials": {
+            "kind": "agent",
+            "directory": str(state.agent_dir(node) / "certs"),
+            "bundle": str(state.controlplane / "nodes" / node / "ca.crt"),
+        },
+        "pod_ips": plan.ips(),
+        "service_ips": {f"{s.namespace}/{s.name}": str(s.cluster_ip) for s in plan.services},
+        "cluster_name": plan.name,
+        "mode": plan.mode,
+        "flows_dir": str(state.flows),
+        "metrics": METRICS_ADDRESS,
+        "use_uvloop": True,
+        "credential_refresh_seconds": 30.0,
+        "retry_seconds": RETRY_SECONDS,
+    }
+
+
 def plan_node_proxies(world: World, plan: ClusterPlan, state: ClusterDir) -> tuple[NodeProxyPlan, ...]:
     """A node proxy per node (even one with no ambient pod yet: it serves `/metrics`)."""
     from nodemesh.capture.cluster import plan_cluster_capture
 
     captured = {n.node: tuple(sorted(p.key for p in n.pods)) for n in plan_cluster_capture(world, plan)}
-    pod_ips = plan.ips()
-    service_ips = {f"{s.namespace}/{s.name}": str(s.cluster_ip) for s in plan.services}
+    waypoint_ips = {p.waypoint: str(p.ip) for p in plan.pods if p.waypoint is not None}
     out = []
     for node in plan.nodes:
         pods = [
@@ -71,24 +95,10 @@ def plan_node_proxies(world: World, plan: ClusterPlan, state: ClusterDir) -> tup
         ]
         config: dict[str, object] = {
             "node": node.name,
-            "manifests": [str(state.manifests)],
-            "policies": str(state.agent_policies(node.name)),
+            **proxy_config_base(plan, state, node.name),
             "pods": pods,
-            "credentials": {
-                "kind": "agent",
-                "directory": str(state.agent_dir(node.name) / "certs"),
-                "bundle": str(state.controlplane / "nodes" / node.name / "ca.crt"),
-            },
-            "pod_ips": pod_ips,
-            "service_ips": service_ips,
-            "cluster_name": plan.name,
-            "mode": plan.mode,
-            "flows_dir": str(state.flows),
-            "metrics": METRICS_ADDRESS,
             "manage_capture": False,
-            "use_uvloop": True,
-            "credential_refresh_seconds": 30.0,
-            "retry_seconds": RETRY_SECONDS,
+            "waypoint_ips": waypoint_ips,
         }
         out.append(NodeProxyPlan(node.name, config, captured.get(node.name, ())))
     return tuple(out)

@@ -38,6 +38,7 @@ __all__ = [
     "Options",
     "PodStatus",
     "ServiceStatus",
+    "WaypointStatus",
     "list_clusters",
     "running_clusters",
     "validate_name",
@@ -180,6 +181,24 @@ class NodeProxyStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class WaypointStatus:
+    """One waypoint pod's proxy (mode ambient): its process and the policies it enforces."""
+
+    waypoint: str
+    """`ns/gateway` (the Gateway of class istio-waypoint)."""
+    pod: str
+    node: str
+    ip: str
+    phase: str  # Pending, Starting, Running, Restarting, Failed, Stopped
+    identity: str = ""
+    pid: int | None = None
+    restarts: int = 0
+    exit_code: int | None = None
+    policy_version: str = ""
+    """The view version of its node's agent whose policies it enforces."""
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterStatus:
     name: str
     mode: str
@@ -191,6 +210,7 @@ class ClusterStatus:
     controlplane: ControlPlaneStatus | None = None
     agents: tuple[AgentStatus, ...] = ()
     node_proxies: tuple[NodeProxyStatus, ...] = ()
+    waypoints: tuple[WaypointStatus, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -231,6 +251,7 @@ class ClusterStatus:
                 )
                 for n in raw.get("node_proxies", ())
             ),
+            tuple(WaypointStatus(**w) for w in raw.get("waypoints", ())),
         )
 
 
@@ -316,6 +337,11 @@ class ClusterDir:
     def node_proxy_config(self, node: str) -> Path:
         """A node proxy's config (`nodeproxy.process.NodeProxyConfig`); its log is next to it."""
         return self.root / "nodeproxy" / f"{node}.json"
+
+    def waypoint_config(self, pod_key: str) -> Path:
+        """A waypoint process's config (`waypoint.process.WaypointConfig`); its log is next to it."""
+        ns, _, pod = pod_key.partition("/")
+        return self.root / "waypoint" / f"{ns}.{pod}.json"
 
     @property
     def flows(self) -> Path:

@@ -173,8 +173,10 @@ def _init(state: ClusterDir, progress: Progress) -> int:
         pod_files = write_pod_files(plan, state)
         mesh.start_agents(plan)
         if plan.mode == "ambient":
-            # One node proxy per node, gated until its agent holds the node's view and SVIDs.
+            # One node proxy per node, gated until its agent holds the node's view and SVIDs;
+            # one waypoint process per waypoint pod, gated until its node's agent answered.
             mesh.start_node_proxies(plan, world)
+            mesh.start_waypoints(plan)
     except Exception as exc:
         log.exception("building the cluster failed")
         progress.emit("error", message=str(exc))
@@ -334,6 +336,11 @@ class Supervisor:
                     acked_version=agent.acked_version,
                     nack_reason=agent.nack_reason,
                 )
+        for wp in self.mesh.waypoint_statuses():
+            now = (wp.phase,)
+            if announced.get(f"waypoint {wp.pod}") != now:
+                announced[f"waypoint {wp.pod}"] = now
+                self.progress.emit("waypoint", waypoint=wp.waypoint, pod=wp.pod, node=wp.node, phase=wp.phase)
         for proxy in self.mesh.node_proxy_statuses():
             now = (proxy.phase, proxy.pods)
             if announced.get(f"proxy {proxy.node}") != now:
@@ -367,17 +374,25 @@ class Supervisor:
             )
             for s in self.plan.services
         )
+        waypoints = self.mesh.waypoint_statuses()
+        waypoint_pods = tuple(
+            PodStatus(
+                w.pod.partition("/")[0], w.pod.partition("/")[2], w.node, w.ip, w.phase, w.phase == "Running"
+            )
+            for w in waypoints
+        )
         self.state.write_status(
             ClusterStatus(
                 self.plan.name,
                 self.plan.mode,
                 self.phase,
                 tuple((n.name, str(n.ip), str(n.pod_cidr)) for n in self.plan.nodes),
-                (system, *self.workloads.statuses()),
+                (system, *self.workloads.statuses(), *waypoint_pods),
                 services,
                 self.plan.warnings,
                 *self.mesh.statuses(),
                 node_proxies=self.mesh.node_proxy_statuses(),
+                waypoints=waypoints,
             )
         )
 

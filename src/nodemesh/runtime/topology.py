@@ -37,6 +37,7 @@ from nodemesh.model.schema.base import Document
 from nodemesh.model.schema.core import Deployment, PodSpec
 from nodemesh.model.world import ServiceInfo, Workload, World
 from nodemesh.policy.flow import Protocol
+from nodemesh.waypoint.deployment import waypoint_of, waypoint_pods
 
 __all__ = [
     "CLUSTER_DOMAIN",
@@ -122,6 +123,9 @@ class PodPlan:
     host_network: bool = False
     system: bool = False
     host_index: int = 0
+    waypoint: str | None = None
+    """`ns/gateway` when this is a waypoint pod: the runtime runs the waypoint process in it
+    (`nodemesh.waypoint.process`), not containers."""
 
     @property
     def key(self) -> str:
@@ -299,17 +303,18 @@ def plan_cluster(world: World, *, name: str | None = None, nodes: int | None = N
 
 
 def _waypoint_warnings(world: World) -> list[str]:
-    """Services whose traffic must go through a waypoint: the local runtime runs no waypoint
-    proxy yet, and the node proxy refuses such traffic rather than skip the waypoint's L7 policy
-    (ztunnel sends it to the waypoint, istio-ambient.md "outbound" step 1)."""
+    """Services whose traffic must go through a waypoint that no pod runs (`up` renders a
+    waypoint pod for every Gateway of class istio-waypoint, `nodemesh.waypoint.deployment`;
+    a world without those pods has none): the node proxy refuses such traffic rather than skip
+    the waypoint's L7 policy (ztunnel sends it to the waypoint, istio-ambient.md §1.6 step 1)."""
     out = []
     for svc in world.services.values():
         wp = world.service_waypoint(svc)
-        if wp is not None:
+        if wp is not None and not waypoint_pods(world, wp):
             out.append(
                 f"service {svc.namespace}/{svc.name} uses waypoint {wp.namespace}/{wp.name}, which no "
-                "proxy runs yet: the node proxies refuse its traffic (remove the istio.io/use-waypoint "
-                "label for L4 only, e.g. examples/shop-ambient-l4/)"
+                "pod runs: the node proxies refuse its traffic (`nodemesh up` renders a waypoint pod "
+                "for every Gateway of class istio-waypoint in mode ambient)"
             )
     return out
 
@@ -391,7 +396,8 @@ def _schedule(
         seen.add(w.key)
         if w.spec is None:
             continue
-        containers = _containers(w, w.spec, doc, spec_at, problems)
+        waypoint = waypoint_of(world, w)
+        containers = () if waypoint is not None else _containers(w, w.spec, doc, spec_at, problems)
         if w.node is not None and w.node not in by_name:
             problems.append(
                 _problem(
@@ -456,6 +462,7 @@ def _schedule(
                 dict(w.labels),
                 containers,
                 host_index=host,
+                waypoint=waypoint.key if waypoint is not None else None,
             )
         )
     return out

@@ -119,7 +119,12 @@ class Workloads:
         self._plan = plan
         self._state = state
         self._pod_files = pod_files
-        self._pods = [_Pod(p, [_Container(c) for c in p.containers]) for p in plan.pods if not p.system]
+        # the DNS pod is served by the supervisor, a waypoint pod by its waypoint process (`mesh`)
+        self._pods = [
+            _Pod(p, [_Container(c) for c in p.containers])
+            for p in plan.pods
+            if not p.system and p.waypoint is None
+        ]
         self._by_pid: dict[int, _Container] = {}
         self.changed = changed or asyncio.Event()
         """Set on every change (shared with the mesh's processes: one event for the supervisor)."""

@@ -6,10 +6,12 @@ istio-waypoint from the root namespace, Service); selector policies are ignored 
 (`API:security/v1beta1/request_authentication.proto`). In kernel mode the node L7 proxy applies
 the selector / namespace / mesh ones, as a sidecar would.
 
-The check is Envoy's `jwt_authn` filter, which runs before RBAC: a present but invalid token, an
-unknown issuer or an unaccepted audience is rejected with 401; no token is accepted with no
-request principal. Without any applicable RequestAuthentication the token is never verified, so
-it yields no request principal either (the request is passed on with the token removed).
+The check is Envoy's `jwt_authn` filter, which runs before RBAC: a present but invalid token or an
+unknown issuer is rejected with 401, an unaccepted audience with 403 (Envoy `jwt_authn/filter.cc`
+`onComplete`: `status == Status::JwtAudienceNotAllowed ? Forbidden : Unauthorized`), the body
+being jwt_verify's status string; no token is accepted with no request principal. Without any
+applicable RequestAuthentication the token is never verified, so it yields no request principal
+either (the request is passed on with the token removed).
 
 Invariants: pure functions of their arguments; the result of `authn_for` is cached by the engine
 with the rest of what applies to a destination.
@@ -30,7 +32,11 @@ from nodemesh.policy.istio.conditions import claim_values, jwt_str
 from nodemesh.policy.istio.projection import IstioView
 from nodemesh.policy.selector import LabelSelector
 
-__all__ = ["Authn", "authenticate", "authn_for"]
+__all__ = ["AUDIENCES_NOT_ALLOWED", "JWT_VERIFICATION_FAILS", "Authn", "authenticate", "authn_for"]
+
+JWT_VERIFICATION_FAILS = "Jwt verification fails"
+AUDIENCES_NOT_ALLOWED = "Audiences in Jwt are not allowed"
+"""jwt_verify_lib status strings (`getStatusString`): Envoy's body for these rejections."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +88,8 @@ def authn_for(
 
 
 def authenticate(authn: tuple[Authn, ...], ctx: FlowContext) -> tuple[Decision | None, FlowContext]:
-    """RequestAuthentication (Envoy jwt_authn before RBAC): a present token must verify, come
-    from a configured issuer and carry an accepted audience, else 401; no token passes with no
+    """RequestAuthentication (Envoy jwt_authn before RBAC): a present token must verify and come
+    from a configured issuer, else 401, and carry an accepted audience, else 403; no token passes with no
     request principal. Without a RequestAuthentication the token is never verified, so it
     gives no request principal either."""
     request = ctx.request
@@ -96,22 +102,23 @@ def authenticate(authn: tuple[Authn, ...], ctx: FlowContext) -> tuple[Decision |
         return None, FlowContext(ctx.src, ctx.dst, ctx.port, ctx.protocol, stripped)
     ref = authn[0].ref
     if not jwt.valid:
-        return _jwt_reject("Jwt verification fails", ref), ctx
+        reason = jwt.error or JWT_VERIFICATION_FAILS
+        return _jwt_reject(reason, ref, 403 if reason == AUDIENCES_NOT_ALLOWED else 401), ctx
     iss = jwt_str(jwt, "iss")
     aud = claim_values(jwt, ("aud",))
     issuers = [(a.ref, auds) for a in authn for issuer, auds in a.rules if issuer == iss]
     if not issuers:
         return _jwt_reject(f"Jwt issuer is not configured ({iss})", ref), ctx
     if not any(not auds or auds.intersection(aud) for _, auds in issuers):
-        return _jwt_reject("Audiences in Jwt are not allowed", issuers[0][0]), ctx
+        return _jwt_reject(AUDIENCES_NOT_ALLOWED, issuers[0][0], 403), ctx
     return None, ctx
 
 
-def _jwt_reject(reason: str, ref: PolicyRef) -> Decision:
+def _jwt_reject(reason: str, ref: PolicyRef, status: int = 401) -> Decision:
     return Decision.deny(
-        f"{reason}: rejected with 401 by RequestAuthentication {ref.namespace}/{ref.name}",
+        f"{reason}: rejected with {status} by RequestAuthentication {ref.namespace}/{ref.name}",
         api=Api.ISTIO,
         policy=ref,
         drop_reason=DropReason.POLICY_DENY,
-        status=401,
+        status=status,
     )
