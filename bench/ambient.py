@@ -33,7 +33,11 @@ settings), so the cold pool is forced from outside: before each timed connection
 destroys the pooled HBONE socket in its own pod (`ss -K`, SOCK_DESTROY; the node proxy makes its
 pool sockets in the pod's namespace, bound to the pod IP, to `<server-amb>:15008`), waits 50 ms
 for the node proxy to see it gone, and checks afterwards that a new HBONE connection (another
-local port) carried the request.
+local port) carried the request. The warm pool is checked once, after the run (no HBONE
+connection may have appeared): an `ss` run before each connection used to be timed with it (a
+process spawn on the same 2 cores added ~1.3 ms to every warm-pool connection).
+Node proxy memory is also measured with `--idle-pods` (48) more ambient pods on node-0 (50 in
+all) while the client pod holds `--held` (1,000) keep-alive connections through the proxies.
 Ratios are against the haproxy pair of the same run (PERFORMANCE.md: figures drift 1.3-1.5x
 between runs, so only rows of one run compare).
 
@@ -132,16 +136,37 @@ def one():
 for _ in range(5):
     one()
 times, fresh = [], 0
+start = hbone_ports() if mode == "warm" else set()
 for _ in range(count):
-    if mode != "plain":
-        before = hbone_ports()
     if mode == "cold":
+        before = hbone_ports()
         subprocess.run(["ss", "-K", *hbone], capture_output=True, check=True)
         time.sleep(0.05)
     times.append(one())
-    if mode != "plain":
+    if mode == "cold":
         fresh += bool(hbone_ports() - before)
+if mode == "warm":  # checked once: an `ss` before each connection would be timed with it
+    fresh = len(hbone_ports() - start)
 print(json.dumps({"times": times, "fresh_hbone": fresh}))
+"""
+
+
+HOLD_CLIENT = """
+import socket, sys, time
+host, port, count, hold = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+request = f"GET / HTTP/1.1\\r\\nHost: {host}\\r\\n\\r\\n".encode()
+held = []
+for _ in range(count):
+    s = socket.create_connection((host, port))
+    s.sendall(request)
+    data = b""
+    while b"x" * 1024 not in data:
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    held.append(s)
+print(f"held {len(held)}", flush=True)
+time.sleep(hold)
 """
 
 
@@ -154,7 +179,7 @@ class NewConn:
     """Ambient only: timed connections after which a new HBONE connection (local port) existed."""
 
 
-def manifests(name: str, origin_cfg: Path) -> str:
+def manifests(name: str, origin_cfg: Path, idle_pods: int) -> str:
     def pod(pod_name: str, node: str, mesh: bool, server: bool) -> str:
         labels = f"app: {pod_name}" + ("" if mesh else ", istio.io/dataplane-mode: none")
         if not server:
@@ -186,6 +211,7 @@ spec: {{nodes: 2, mode: ambient}}
         + pod("server-plain", "node-1", False, True)
         + pod("client-amb", "node-0", True, False)
         + pod("server-amb", "node-1", True, True)
+        + "".join(pod(f"idle-{i}", "node-0", True, False) for i in range(idle_pods))
     )
 
 
@@ -340,7 +366,31 @@ def measure_new(conn: NewConn, name: str, client: str, *, to: tuple[str, int], c
         conn.fresh_hbone = int(result["fresh_hbone"])
 
 
-def bench(seconds: int, new_count: int) -> tuple[list[Row], dict[str, float], list[NewConn]]:
+def held_rss(name: str, server: str, proxies: dict[str, int], *, count: int, pods: int) -> dict[str, float]:
+    """Node proxy RSS while the client pod holds `count` open keep-alive connections through
+    them (issue 5's memory target: "with 50 pods and 1,000 open connections")."""
+    print(f"measuring RSS with {count} open connections ...", file=sys.stderr, flush=True)
+    argv = [*CLI, "exec", "--name", name, "bench/client-amb", "--"]
+    argv += [sys.executable, "-u", "-c", HOLD_CLIENT, server, str(STATIC_PORT), str(count), "15"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if line != f"held {count}":
+            raise RuntimeError(f"the holding client said {line!r}")
+        time.sleep(1.0)
+        return {
+            f"node-0 ({pods} ambient pods, {count:,} open connections)": rss_mib(proxies["node-0"]),
+            f"node-1 ({count:,} open connections)": rss_mib(proxies["node-1"]),
+        }
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def bench(
+    seconds: int, new_count: int, idle_pods: int = 48, held: int = 1000
+) -> tuple[list[Row], dict[str, float], list[NewConn]]:
     name = f"nmbenchamb{secrets.token_hex(3)}"
     rows = [Row("no mesh"), Row("ambient node proxies"), Row("haproxy mTLS pair")]
     news = [
@@ -356,7 +406,7 @@ def bench(seconds: int, new_count: int) -> tuple[list[Row], dict[str, float], li
         origin = d / "origin.cfg"
         origin.write_text(ORIGIN_CFG)
         (d / "manifests").mkdir()
-        (d / "manifests" / "bench.yaml").write_text(manifests(name, origin))
+        (d / "manifests" / "bench.yaml").write_text(manifests(name, origin, idle_pods))
         subprocess.run([*TESTBED, "certs", str(d)], check=True, capture_output=True)
         for sa in ("client", "server"):
             (d / f"{sa}.crt").write_text((d / f"{sa}.pem").read_text() + (d / f"{sa}.key").read_text())
@@ -406,6 +456,8 @@ def bench(seconds: int, new_count: int) -> tuple[list[Row], dict[str, float], li
                 rss = {node: rss_mib(pid) for node, pid in proxies.items()}
                 rss["haproxy node-0"] = rss_mib(hp_client)
                 rss["haproxy node-1"] = rss_mib(hp_server)
+                if held:
+                    rss |= held_rss(name, amb, proxies, count=held, pods=idle_pods + 1)
         finally:
             subprocess.run([*CLI, "down", "--name", name], capture_output=True, check=False, timeout=60)
     return rows, rss, news
@@ -465,7 +517,7 @@ def table(rows: list[Row], rss: dict[str, float], seconds: int) -> str:
         "",
         "RSS after the runs (MiB): "
         + ", ".join(f"{k} {v:.1f}" for k, v in rss.items())
-        + " (node proxy target <= 40 MB with 50 pods and 1,000 connections; not that load here)",
+        + " (node proxy target <= 40 MB with 50 pods and 1,000 connections)",
     ]
     return "\n".join(lines)
 
@@ -478,11 +530,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--new", type=int, default=200, help="sequential new connections per path (default 200)"
     )
+    parser.add_argument(
+        "--idle-pods", type=int, default=48, help="extra idle ambient pods on node-0 (default 48: 50 in all)"
+    )
+    parser.add_argument(
+        "--held",
+        type=int,
+        default=1000,
+        help="open connections while RSS is measured (default 1000; 0: skip)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("bench/ambient.py builds a cluster from namespaces: run it as root")
-    rows, rss, news = bench(args.duration, args.new)
+    rows, rss, news = bench(args.duration, args.new, args.idle_pods, args.held)
     print(table(rows, rss, args.duration))
     print()
     print(new_table(news, args.new))

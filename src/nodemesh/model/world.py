@@ -104,6 +104,20 @@ class Waypoint:
 
 
 @dataclass
+class _Index:
+    """`World`'s lookup tables, valid for the sizes they were built at (`World.reindex()` after
+    an in-place change): the node proxy looks pods and VIPs up several times per connection, and
+    a scan of every workload per lookup does not scale (10,000 workloads: milliseconds each)."""
+
+    workloads: int
+    services: int
+    by_ip: dict[IPAddress, Workload]
+    by_vip: dict[IPAddress, ServiceInfo]
+    endpoints: dict[tuple[str, str], tuple[ServiceInfo, tuple[Workload, ...]]] = field(default_factory=dict)
+    services_of: dict[int, tuple[Workload, tuple[ServiceInfo, ...]]] = field(default_factory=dict)
+
+
+@dataclass
 class World:
     """Everything policies are evaluated against. Treat as read-only after `build`."""
 
@@ -122,6 +136,7 @@ class World:
     """`endpoint()` results by (id of the workload, mtls), with the workload (so its id stays
     unique) and the cluster name they were built with: the node proxy asks several times per
     connection for the same few pods."""
+    _index: _Index | None = field(default=None, init=False, repr=False, compare=False)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -193,30 +208,59 @@ class World:
         owned = [w for w in self.workloads if w.namespace == namespace and w.name == name]
         return owned or [w for w in self.workloads if w.namespace == namespace and w.pod == name]
 
+    def reindex(self) -> None:
+        """Forget the lookup indexes: call after changing `workloads` or `services` in place."""
+        self._index = None
+        self._endpoints.clear()
+
+    def _lookup(self) -> _Index:
+        index = self._index
+        if index is None or index.workloads != len(self.workloads) or index.services != len(self.services):
+            index = self._index = _Index(
+                len(self.workloads),
+                len(self.services),
+                {w.ip: w for w in reversed(self.workloads) if w.ip is not None},
+                {s.cluster_ip: s for s in reversed(self.services.values()) if s.cluster_ip is not None},
+            )
+        return index
+
     def workload_by_ip(self, ip: IPAddress) -> Workload | None:
-        return next((w for w in self.workloads if w.ip == ip), None)
+        return self._lookup().by_ip.get(ip)
 
     def service_by_ip(self, ip: IPAddress) -> ServiceInfo | None:
-        return next((s for s in self.services.values() if s.cluster_ip == ip), None)
+        return self._lookup().by_vip.get(ip)
 
     def endpoints_of(self, service: ServiceInfo) -> list[Workload]:
         if service.selector is None:
             return []
+        index = self._lookup()
+        key = (service.namespace, service.name)
+        cached = index.endpoints.get(key)
+        if cached is not None and cached[0] is service:
+            return list(cached[1])
         sel = service.selector
-        return [
+        found = tuple(
             w
             for w in self.workloads
             if w.namespace == service.namespace and all(w.labels.get(k) == v for k, v in sel.items())
-        ]
+        )
+        index.endpoints[key] = (service, found)
+        return list(found)
 
     def services_of(self, workload: Workload) -> list[ServiceInfo]:
-        return [
+        index = self._lookup()
+        cached = index.services_of.get(id(workload))
+        if cached is not None and cached[0] is workload:
+            return list(cached[1])
+        found = tuple(
             s
             for s in self.services.values()
             if s.namespace == workload.namespace
             and s.selector
             and all(workload.labels.get(k) == v for k, v in s.selector.items())
-        ]
+        )
+        index.services_of[id(workload)] = (workload, found)
+        return list(found)
 
     def service_waypoint(self, service: ServiceInfo) -> Waypoint | None:
         """The waypoint traffic to `service` goes through (service label, then namespace label)."""

@@ -298,6 +298,7 @@ def build_world(config: WorldSource, policies: PolicySnapshot | None = None) -> 
         svc = world.services.get((ns, name))
         if svc is not None:
             world.services[(ns, name)] = dataclasses.replace(svc, cluster_ip=ipaddress.ip_address(ip))
+    world.reindex()
     return world
 
 
