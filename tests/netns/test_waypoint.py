@@ -9,6 +9,7 @@ again and wait until every proxy enforces the result, so the order of the tests 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -192,6 +193,28 @@ def test_observe_names_the_deciding_policy_and_metrics_report_waypoint(shop: Clu
     assert any('response_code="200"' in line and 'source_workload="frontend"' in line for line in lines)
 
 
+def test_one_keep_alive_connection_is_balanced_per_request_over_both_endpoints(shop: Cluster) -> None:
+    """Envoy load-balances per request, not per connection, and Istio's default policy is
+    LEAST_REQUEST ("the host with the fewest active requests" of two random healthy hosts, Envoy
+    `least_request.proto`): ONE keep-alive client connection from frontend (curl reuses it: one
+    connect, then none) sending 20 requests to orders.shop is answered by BOTH orders pods, and
+    the waypoint's per-request flow records name the pod that served each request."""
+    urls = [f"{ORDERS}/api/v1/orders/{900 + i}" for i in range(20)]
+    out = shop.exec(
+        "shop/frontend", "curl", "-sS", "-m", "20", "-w", "\n@@ %{http_code} %{num_connects}\n", *urls
+    )
+    answers = re.findall(r"(.*?)\n@@ (\d+) (\d+)\n", out.stdout, re.S)
+    assert len(answers) == len(urls), out.stdout + out.stderr
+    assert [(code, connects) for _, code, connects in answers] == [("200", "1")] + [("200", "0")] * 19
+    served = [json.loads(body)["pod"] for body, _, _ in answers]
+    assert len(set(served)) == 2 and all(p.startswith("orders-") for p in served), served
+    records = [f for f in _waypoint_flows(shop) if f["l7"]["http"]["url"] in {u[len(ORDERS) :] for u in urls}]  # type: ignore[index]
+    assert len(records) == len(urls)
+    by_url = {f["l7"]["http"]["url"]: f["destination"]["pod_name"] for f in records}  # type: ignore[index]
+    assert [by_url[u[len(ORDERS) :]] for u in urls] == served
+    assert all(f["verdict"] == "FORWARDED" for f in records)
+
+
 PROBES: list[dict[str, object]] = [
     {"from": "shop/frontend", "to": "shop/orders", "port": 8080, "method": "GET", "path": "/api/v1/orders/7"},
     {"from": "shop/frontend", "to": "shop/orders", "port": 8080, "method": "POST", "path": "/api/v1/orders"},
@@ -274,15 +297,16 @@ def test_destination_sees_the_waypoint_identity(shop: Cluster, tmp_path: Path) -
     selector/namespace policies, but the source identity it sees is the waypoint's SA"
     (reference §4.2): with a selector policy on orders that admits only the waypoint's principal
     (Istio's recommended pairing), frontend reaches orders through the Service (via the
-    waypoint) but not by pod IP (no waypoint: its own identity is refused), as trace says."""
+    waypoint) but not by pod IP (no waypoint: its own identity is refused), as trace says. The
+    waypoint pools its upstream connections (Envoy), so the destination records one when it
+    closes: here when the policy is deleted and the waypoint drops its idle connections."""
     extra = tmp_path / "only-waypoint.yaml"
     extra.write_text(ONLY_WAYPOINT)
     _apply(shop, ONLY_WAYPOINT)
+    seen = {json.dumps(f, sort_keys=True) for f in _flows(shop, "--all")}
     try:
         code, _ = _http(shop, "shop/frontend", "GET", f"{ORDERS}/api/v1/orders/7")
         assert code == 200
-        dest = [f for f in _flows(shop, "--last", "50") if f.get("reporter") == "destination"][-1]
-        assert dest["source"]["principal"] == WAYPOINT_ID and dest["verdict"] == "FORWARDED"  # type: ignore[index]
         pod_ip = shop.pod_ip("shop/orders-0")
         direct = shop.exec("shop/frontend", "curl", "-sS", "-m", "5", f"http://{pod_ip}:8080/api/v1/orders/7")
         assert direct.returncode != 0  # refused at the destination: a reset, no HTTP answer
@@ -293,6 +317,15 @@ def test_destination_sees_the_waypoint_identity(shop: Cluster, tmp_path: Path) -
         _check_against_trace(shop, PROBES[:1], extra)
     finally:
         _delete(shop, "orders-only-via-waypoint")
+    deadline = time.monotonic() + 10.0
+    while True:
+        flows = [f for f in _flows(shop, "--all") if json.dumps(f, sort_keys=True) not in seen]
+        new = [f for f in flows if f.get("reporter") == "destination"]
+        via_waypoint = [f for f in new if f["source"]["principal"] == WAYPOINT_ID]  # type: ignore[index]
+        if any(f["verdict"] == "FORWARDED" for f in via_waypoint):
+            break
+        assert time.monotonic() < deadline, new
+        time.sleep(0.2)
 
 
 def _client(cluster: Cluster, authority: str, *identity: str) -> dict[str, object]:

@@ -26,7 +26,9 @@ from nodemesh.waypoint.decide import (
     decide_request,
     http_request,
 )
+from nodemesh.waypoint.http import Exchange
 from nodemesh.waypoint.jwt_authn import JwtPolicies
+from nodemesh.waypoint.observe import SessionInfo, request_flow
 from tests.waypoint.shop import live_shop
 
 IP = ipaddress.ip_address
@@ -277,3 +279,27 @@ def test_forwarded_is_ignored_unless_the_peer_is_the_waypoint() -> None:
     assert not spoofed.allowed and spoofed.route.waypoint is None  # type: ignore[attr-defined]
     wrong_cert = _inbound(world, engine, "shop/waypoint-0", SPIFFE + "reporting", fwd)
     assert wrong_cert.route.waypoint is None  # type: ignore[attr-defined]
+
+
+def test_requests_are_balanced_over_every_endpoint_each_with_its_own_destination() -> None:
+    """Envoy load-balances each request of a connection over the Service's healthy endpoints
+    (LEAST_REQUEST, `waypoint.balance`), so the CONNECT's plan lists every endpoint and one
+    request's plan (`to_endpoint`) goes to `podIP:targetPort` of the endpoint chosen for it
+    (reference §1.3), with that pod as the engine's destination and in the request's flow record."""
+    engine = _engine()
+    world = engine.world
+    waypoint = world.waypoints[("shop", "waypoint")]
+    connect = _connect(world, "shop/frontend-0", _vip(world, "orders"))
+    plan = decide_connect(connect, waypoint, engine, _first)
+    assert sorted(w.key for w in plan.endpoints) == ["shop/orders-0", "shop/orders-1"]
+    assert plan.target is not None and plan.target.key == "shop/orders-0"
+    other = plan.to_endpoint(_pod(world, "shop/orders-1"))
+    assert other.target is not None and other.target.key == "shop/orders-1"
+    assert other.route is not None and other.route.dst_workload == other.target
+    assert other.upstream_authority == f"{other.target.ip}:8080" and other.status == 200
+    assert plan.to_endpoint(_pod(world, "shop/orders-0")) is plan
+    verdict = decide_request(other, http_request("GET", "/api/v1/orders/7", [("host", "orders")]), engine)
+    assert verdict.forward
+    exchange = Exchange("GET", "/api/v1/orders/7", 1.0, 1.1, verdict, 200, 0, 2)
+    record = request_flow(exchange, SessionInfo(connect, other, None), world, "node-0")
+    assert record.destination.pod == "orders-1"

@@ -12,6 +12,7 @@ from nodemesh.waypoint.http import (
     CloseDownstream,
     CloseUpstream,
     HttpExchange,
+    ReleaseUpstream,
     RequestDone,
     SendDownstream,
     SendUpstream,
@@ -173,3 +174,34 @@ def test_client_close_between_requests_closes_both_sides() -> None:
     _run(ex, Endpoint(), b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
     actions = ex.downstream_data(b"", 3.0)
     assert any(isinstance(a, CloseUpstream) for a in actions) and isinstance(actions[-1], CloseDownstream)
+
+
+def test_a_keep_alive_upstream_is_released_for_reuse_after_each_exchange() -> None:
+    """Envoy pools upstream HTTP/1.1 connections and reuses one once its response is complete
+    while HTTP/1.1 persistence allows it (RFC 9112 §9.3: "HTTP/1.1 defaults to the use of
+    persistent connections"): each forwarded request ends with `ReleaseUpstream` after its
+    record, so the next request may take any endpoint's idle connection; a denied one none."""
+    ex = HttpExchange(_decide)
+    _, actions = _run(
+        ex,
+        Endpoint(),
+        b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nDELETE /b HTTP/1.1\r\nhost: x\r\n\r\nGET /c HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    kinds = [
+        type(a).__name__ for a in actions if isinstance(a, RequestDone | ReleaseUpstream | CloseUpstream)
+    ]
+    assert kinds == ["RequestDone", "ReleaseUpstream", "RequestDone", "RequestDone", "ReleaseUpstream"]
+
+
+def test_http10_response_without_keep_alive_closes_the_upstream() -> None:
+    """RFC 9112 §9.3: a recipient of an HTTP/1.0 response without `keep-alive` closes the
+    connection after it: the upstream is closed, never released, and the client's own keep-alive
+    connection goes on."""
+    ex = HttpExchange(_decide)
+    actions = ex.downstream_data(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n", 1.0)
+    assert any(isinstance(a, SendUpstream) for a in actions)
+    out = ex.upstream_data(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", 2.0)
+    assert any(isinstance(a, CloseUpstream) for a in out)
+    assert not any(isinstance(a, ReleaseUpstream | CloseDownstream) for a in out)
+    downstream = b"".join(a.data for a in out if isinstance(a, SendDownstream))
+    assert _responses(downstream) == [(200, b"ok")]

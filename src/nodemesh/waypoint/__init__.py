@@ -4,9 +4,11 @@ Modules (import them directly; this package's namespace stays light because the 
 imports `deployment` to recognise a waypoint peer):
 - `deployment` (pure): the waypoint's ServiceAccount and Deployment as Istio's deployment
   controller renders them, and `waypoint_of(world, pod)`;
-- `decide` (pure): `decide_connect` (HBONE CONNECT -> 200/400/401/503 and the endpoint),
+- `decide` (pure): `decide_connect` (HBONE CONNECT -> 200/400/401/503 and the endpoints),
   `decide_request` (the engine's waypoint point per request -> forward, or 403/401),
   `decide_http` (jwt_authn, then `decide_request`);
+- `balance` (pure): Envoy's LEAST_REQUEST (two random choices, fewer active requests wins),
+  the endpoint of each request;
 - `jwt_authn` (pure): RequestAuthentication as Envoy's jwt_authn filter (token locations,
   checks, several rules, the forwarded request's edits); `jwt_verify` (pure): one token's parse
   and signature as jwt_verify_lib does them, with PyJWT's algorithms;

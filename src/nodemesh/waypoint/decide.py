@@ -6,14 +6,17 @@ destination a client's node proxy resolved (reference §1.6 step 1 and 4):
 
 - `decide_connect`: 400 when the method is not CONNECT, the authority is not `IP:port`, or it is
   neither a Service VIP:port whose Service uses THIS waypoint nor a pod IP whose workload uses it
-  as workload waypoint (ztunnel/Envoy answer 400 to a target the server does not serve). Then an
-  endpoint is picked for the whole connection (the picker is an argument: randomness stays out),
-  the Service port translated to the pod's target port (503 "no healthy upstream" without one).
+  as workload waypoint (ztunnel/Envoy answer 400 to a target the server does not serve). The
+  plan lists the endpoints the connection's requests are balanced over (Envoy picks one PER
+  REQUEST, `balance.least_request`; `ConnectPlan.to_endpoint` is one request's plan), each with
+  the Service port translated to its target port (503 "no healthy upstream" without one), and
+  one of them (the `pick` argument: randomness stays out) for the CONNECT's own record.
   The source is the VERIFIED client certificate's SPIFFE id and the pod owning the peer address
   (`nodeproxy.inbound.source_endpoint`), never a header. The source's egress rules are evaluated
   here for waypoint-bound traffic (the client's node proxy leaves them to the waypoint, which is
   the first hop that knows the destination pod; `nodemesh trace` evaluates them at the source
-  point): a deny refuses the CONNECT with 401.
+  point), for every endpoint: only the allowed ones are balanced over, and when none is, the
+  CONNECT is refused with 401.
 - `decide_request`: `PolicyEngine.waypoint(ctx, route)` per request, ctx = the connection's
   flow plus the request (method, path without the query string, `Host`, lower-case headers).
   DENY answers with the decision's status: 403 `RBAC: access denied` for Istio (Envoy's RBAC
@@ -90,17 +93,32 @@ class ConnectPlan:
     reason: str
     service: ServiceInfo | None = None
     target: Workload | None = None
-    """The endpoint picked for this connection (every request on it goes there)."""
+    """The endpoint of this plan: for the CONNECT, the one `pick` chose (its record and egress
+    verdict); for a request (`to_endpoint`), the one serving it."""
     target_port: int | None = None
     src: Endpoint | None = None
     src_workload: Workload | None = None
     route: Route | None = None
     decision: Decision | None = None
     """The source egress verdict (refusal or allow)."""
+    endpoints: tuple[Workload, ...] = ()
+    """The endpoints requests may go to (each has a target port; egress allows it)."""
 
     @property
     def allowed(self) -> bool:
         return self.status == 200
+
+    def to_endpoint(self, workload: Workload) -> ConnectPlan:
+        """The plan of one request served by `workload` (one of `endpoints`): target, target
+        port and the route's destination pod are that endpoint's."""
+        if self.target is not None and workload.key == self.target.key:
+            return self
+        assert self.route is not None
+        port = self.target_port
+        if self.service is not None and self.route.service_port is not None:
+            port = _target_port(self.service, self.route.service_port, workload)
+        route = dataclasses.replace(self.route, dst_workload=workload)
+        return dataclasses.replace(self, target=workload, target_port=port, route=route)
 
     @property
     def upstream(self) -> tuple[IPAddress, int]:
@@ -125,8 +143,9 @@ def _target_port(service: ServiceInfo, port: int, workload: Workload) -> int | N
 
 
 def _destination(
-    world: World, waypoint: Waypoint, ip: IPAddress, port: int, pick: EndpointPicker
-) -> tuple[ServiceInfo | None, Workload, int] | ConnectPlan:
+    world: World, waypoint: Waypoint, ip: IPAddress, port: int
+) -> tuple[ServiceInfo | None, list[tuple[Workload, int]]] | ConnectPlan:
+    """The Service (if any) and its endpoints with their target ports, or a refusal."""
     service = world.service_by_ip(ip)
     if service is not None:
         if world.service_waypoint(service) != waypoint:
@@ -138,21 +157,20 @@ def _destination(
         endpoints = [w for w in world.endpoints_of(service) if w.ip is not None]
         if not endpoints:
             return ConnectPlan(503, f"no healthy upstream for {service.hostname}:{port}")
-        target = pick(endpoints)
-        target_port = _target_port(service, port, target)
-        if target_port is None:
-            return ConnectPlan(503, f"pod {target.key} has no port for {service.hostname}:{port}")
-        return service, target, target_port
+        ported = [(w, p) for w in endpoints if (p := _target_port(service, port, w)) is not None]
+        if not ported:
+            return ConnectPlan(503, f"no endpoint has a port for {service.hostname}:{port}")
+        return service, ported
     workload = world.workload_by_ip(ip)
     if workload is None or not world.in_mesh(workload) or world.workload_waypoint(workload) != waypoint:
         return ConnectPlan(400, f"{ip} is not a destination of waypoint {waypoint.key}")
-    return None, workload, port
+    return None, [(workload, port)]
 
 
 def decide_connect(
     req: WaypointConnect, waypoint: Waypoint, engine: PolicyEngine, pick: EndpointPicker
 ) -> ConnectPlan:
-    """What the waypoint answers a CONNECT, and where its requests go (module doc)."""
+    """What the waypoint answers a CONNECT, and where its requests may go (module doc)."""
     if req.method != "CONNECT":
         return ConnectPlan(400, f"method {req.method} is not CONNECT")
     try:
@@ -162,18 +180,30 @@ def decide_connect(
     if target.ip is None:
         return ConnectPlan(400, f"authority {req.authority} is not an IP address")
     world = engine.world
-    found = _destination(world, waypoint, target.ip, target.port, pick)
+    found = _destination(world, waypoint, target.ip, target.port)
     if isinstance(found, ConnectPlan):
         return found
-    service, workload, target_port = found
+    service, candidates = found
     src, src_workload = source_endpoint(world, req.peer[0], req.peer_identity)
-    route = Route(src_workload, workload, service, target.port if service is not None else None, waypoint)
-    egress = None
-    if src.is_pod:
-        ctx = FlowContext(src, world.endpoint(workload), target_port)
-        egress = engine.source_egress(ctx, route).decision
-    status, reason = (200, "accepted") if egress is None or egress.allowed else (401, egress.reason)
-    return ConnectPlan(status, reason, service, workload, target_port, src, src_workload, route, egress)
+    service_port = target.port if service is not None else None
+    verdicts: list[tuple[Workload, int, Decision | None]] = []
+    for workload, target_port in candidates:
+        egress = None
+        if src.is_pod:
+            route = Route(src_workload, workload, service, service_port, waypoint)
+            ctx = FlowContext(src, world.endpoint(workload), target_port)
+            egress = engine.source_egress(ctx, route).decision
+        verdicts.append((workload, target_port, egress))
+    allowed = [v for v in verdicts if v[2] is None or v[2].allowed]
+    chosen_from = allowed or verdicts
+    workload = pick([w for w, _, _ in chosen_from])
+    _, target_port, egress = next(v for v in chosen_from if v[0].key == workload.key)
+    route = Route(src_workload, workload, service, service_port, waypoint)
+    status, reason = (200, "accepted") if allowed else (401, egress.reason if egress else "denied")
+    endpoints = tuple(w for w, _, _ in allowed)
+    return ConnectPlan(
+        status, reason, service, workload, target_port, src, src_workload, route, egress, endpoints
+    )
 
 
 def upstream_identity(world: World, workload: Workload) -> str:

@@ -2,7 +2,8 @@
 CONNECT stream, each one decided, then forwarded to the endpoint's stream or answered here.
 
 Sans-IO, like h11 itself (both ends are `h11.Connection`s): bytes and the time go in, actions
-come out (`SendDownstream`, `SendUpstream`, `CloseUpstream`, `CloseDownstream`, `RequestDone`);
+come out (`SendDownstream`, `SendUpstream`, `ReleaseUpstream`, `CloseUpstream`, `CloseDownstream`,
+`RequestDone`);
 the asyncio shell (`proxy.py`) only moves bytes. This is the part of Envoy's HTTP connection
 manager a waypoint needs for policy: one request at a time per connection (HTTP/1.1 has no
 multiplexing; pipelined requests wait in h11's buffer until the previous response is out).
@@ -15,9 +16,13 @@ Invariants
 - A denied request never reaches the upstream: its answer goes out at once, its body (if any)
   is read and dropped, and the client's connection stays usable when HTTP/1.1 keep-alive allows
   it (Envoy's RBAC filter answers without closing).
-- The upstream connection is reused across requests while h11 says both ends may continue;
-  otherwise `CloseUpstream`, and the next forwarded request opens a new one. Hop-by-hop headers
-  are not forwarded either way (RFC 9110 §7.6.1), so each side's keep-alive is its own.
+- Each forwarded request has its own upstream connection for its duration (Envoy balances per
+  request: the shell checks one out of its endpoint's idle list, or opens one, on the request's
+  first `SendUpstream`). When the exchange is complete and h11 says both ends may continue
+  (HTTP/1.1 keep-alive, no `connection: close`, not HTTP/1.0 without keep-alive, no stray bytes)
+  it is `ReleaseUpstream`d for reuse; otherwise `CloseUpstream`. Every request starts with a fresh
+  h11 client state, which is what a reusable connection's state is after its cycle. Hop-by-hop
+  headers are not forwarded either way (RFC 9110 §7.6.1), so each side's keep-alive is its own.
 - An upstream that fails before its response head gives the client a 503 with Envoy's
   `upstream connect error or disconnect/reset before headers. reset reason: ...`; one that
   fails mid-response cuts the client's connection (the response is incomplete).
@@ -40,6 +45,7 @@ __all__ = [
     "Decide",
     "Exchange",
     "HttpExchange",
+    "ReleaseUpstream",
     "RequestDone",
     "SendDownstream",
     "SendUpstream",
@@ -70,6 +76,11 @@ class CloseUpstream:
 
 
 @dataclass(frozen=True, slots=True)
+class ReleaseUpstream:
+    """The request's upstream connection finished its exchange and may serve another request."""
+
+
+@dataclass(frozen=True, slots=True)
 class CloseDownstream:
     """End the client's connection after what was sent."""
 
@@ -94,7 +105,7 @@ class RequestDone:
     exchange: Exchange
 
 
-Action = SendDownstream | SendUpstream | CloseUpstream | CloseDownstream | RequestDone
+Action = SendDownstream | SendUpstream | ReleaseUpstream | CloseUpstream | CloseDownstream | RequestDone
 
 
 @dataclass(slots=True)
@@ -331,8 +342,11 @@ class HttpExchange:
             return
         self._done(cur, now, actions)
         if cur.verdict.forward and cur.upstream_ok:
-            if self._client.our_state is h11.DONE and self._client.their_state is h11.DONE:
-                self._client.start_next_cycle()
+            client = self._client
+            reusable = client.our_state is h11.DONE and client.their_state is h11.DONE
+            if reusable and not client.trailing_data[0]:
+                self._client = h11.Connection(h11.CLIENT)
+                actions.append(ReleaseUpstream())
             else:
                 self._reset_upstream(actions)
         if self._server.our_state is h11.DONE and self._server.their_state is h11.DONE:

@@ -8,16 +8,24 @@ proxy's, reused rather than copied:
   (`verify_client_identity`); each CONNECT stream that `decide_connect` accepts gets a
   `_Session` (answered 200 at once, as Envoy's `connect_terminate` listener does; the policy
   answer is per request, in HTTP);
+- per request, Envoy's LEAST_REQUEST balancing (`balance.least_request`, two random choices by
+  requests in flight per endpoint) picks the endpoint among the CONNECT's allowed ones; the
+  request's policy decision and flow record are that endpoint's;
 - out: the waypoint's own `HbonePool` (client certificate = the waypoint's SVID; the server must
-  prove the endpoint's identity, `verify_server_identity`), one CONNECT stream per client
-  connection and upstream HTTP connection, `:authority = podIP:targetPort`, `forwarded:
-  for="<client>";host=<service>` so that the destination's node proxy can evaluate the
-  original client's network policies (see `nodeproxy.inbound`).
+  prove the endpoint's identity, `verify_server_identity`), one CONNECT stream per upstream
+  HTTP/1.1 connection, `:authority = podIP:targetPort`, `forwarded: for="<client>";host=<service>`
+  so that the destination's node proxy can evaluate the original client's network policies (see
+  `nodeproxy.inbound`). Upstream connections are pooled per endpoint (`UpstreamKey`): a request
+  takes an idle one or opens one, and gives it back when its exchange left it keep-alive
+  (`ReleaseUpstream`); an idle one is closed after `upstream_idle_timeout` (60 s), on a
+  policy/world change and when the waypoint stops.
 
 Invariants: every task is owned (`TaskSet`); a session ends when the client's stream ends both
-ways or is reset, and then releases its upstream stream; a request's flow record is written
-exactly once (`RequestDone`). Bytes read from a stream are acknowledged at once (HTTP/2 flow
-control still bounds what the peer may send); a slow reader is not pushed back on beyond that.
+ways or is reset, and then closes the upstream its request was using; an upstream connection
+serves one request at a time and is counted active for its endpoint exactly while it does; a
+request's flow record is written exactly once (`RequestDone`). Bytes read from a stream are
+acknowledged at once (HTTP/2 flow control still bounds what the peer may send); a slow reader is
+not pushed back on beyond that.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from nodemesh.protocols import (
     connect_headers,
 )
 from nodemesh.protocols.events import Headers
+from nodemesh.waypoint.balance import least_request
 from nodemesh.waypoint.decide import (
     ConnectPlan,
     RequestVerdict,
@@ -62,6 +71,7 @@ from nodemesh.waypoint.http import (
     CloseDownstream,
     CloseUpstream,
     HttpExchange,
+    ReleaseUpstream,
     RequestDone,
     SendDownstream,
     SendUpstream,
@@ -75,16 +85,38 @@ log = logging.getLogger(__name__)
 
 FlowSink = Callable[[Flow], None]
 
+UPSTREAM_IDLE_TIMEOUT = 60.0
+"""Seconds an idle upstream HTTP/1.1 connection is kept for reuse."""
+
+
+UpstreamKey = tuple[PoolKey, str, str, int, str | None]
+"""An upstream connection's identity: the pool key (waypoint SVID, endpoint identity, endpoint
+`podIP:15008`), `:authority` (`podIP:targetPort`), and what its CONNECT's `forwarded` header
+names (client address and port, Service host): only requests that would send the same CONNECT
+share a connection, so the destination's node proxy always sees the right original client."""
+
 
 class _Upstream:
-    """The StreamHandler of one CONNECT stream to the endpoint's node proxy."""
+    """One upstream HTTP/1.1 connection to an endpoint: a CONNECT stream to its node proxy.
 
-    def __init__(self, session: _Session) -> None:
-        self.session = session
+    Serves one request at a time (`session` set), or waits in its endpoint's idle list
+    (`session` None); bytes or an end from the endpoint while idle retire it."""
+
+    def __init__(self, proxy: WaypointProxy, key: UpstreamKey, endpoint: str) -> None:
+        self.proxy = proxy
+        self.key = key
+        self.endpoint = endpoint
+        self.generation = proxy.generation
+        self.session: _Session | None = None
         self.tunnel: HboneTunnel | None = None
         self.stream_id = 0
+        self.identity: str | None = None
+        """The endpoint's verified SPIFFE id, once its node proxy answered."""
         self.ready = False
         self.done = False
+        self.counted = False
+        """It holds one of its endpoint's active requests."""
+        self.idle_timer: asyncio.TimerHandle | None = None
         self.pending: list[bytes] = []
 
     def send(self, data: bytes) -> None:
@@ -94,25 +126,35 @@ class _Upstream:
         try:
             self.tunnel.send_data(self.stream_id, data)
         except LocalProtocolError as exc:  # the stream went away meanwhile
-            self.session.upstream_failed(self, str(exc))
+            self.fail(str(exc))
 
     def close(self) -> None:
         """We are done with the stream (its exchange is over, or it failed)."""
         self.done = True
         self.pending.clear()
-        if self.tunnel is not None and self.stream_id:
-            self.tunnel.reset(self.stream_id, ErrorCode.CANCEL)
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if self.tunnel is not None and self.stream_id and not self.tunnel.closed:
+            with contextlib.suppress(LocalProtocolError):
+                self.tunnel.reset(self.stream_id, ErrorCode.CANCEL)
+
+    def fail(self, reason: str) -> None:
+        if self.session is not None:
+            self.session.upstream_failed(self, reason)
+        else:
+            self.proxy.discard_upstream(self)
 
     # ---- StreamHandler ---------------------------------------------------------------------
     def stream_response(self, status: int, headers: Headers) -> None:
         if self.done:
             return
         if status != 200:
-            self.session.upstream_failed(self, f"remote refused the tunnel (HBONE {status})")
+            self.fail(f"remote refused the tunnel (HBONE {status})")
             return
         assert self.tunnel is not None
         self.ready = True
-        self.session.upstream_identity = self.tunnel.peer_identity
+        self.identity = self.tunnel.peer_identity
         pending, self.pending = self.pending, []
         for data in pending:
             self.send(data)
@@ -120,17 +162,25 @@ class _Upstream:
     def stream_data(self, data: bytes) -> None:
         assert self.tunnel is not None
         self.tunnel.acknowledge(self.stream_id, len(data))
-        if not self.done:
-            self.session.apply(self.session.core.upstream_data(data, time.time()))
+        if self.done:
+            return
+        if self.session is None:  # bytes with no request outstanding: not reusable
+            self.proxy.discard_upstream(self)
+            return
+        self.session.apply(self.session.core.upstream_data(data, time.time()))
 
     def stream_end(self) -> None:
-        if not self.done:
-            self.session.apply(self.session.core.upstream_data(b"", time.time()))
+        if self.done:
+            return
+        if self.session is None:
+            self.proxy.discard_upstream(self)
+            return
+        self.session.apply(self.session.core.upstream_data(b"", time.time()))
 
     def stream_reset(self, code: int) -> None:
         if not self.done:
             self.done = True
-            self.session.upstream_failed(self, f"stream reset ({ErrorCode.of(code)!s})")
+            self.fail(f"stream reset ({ErrorCode.of(code)!s})")
 
     def stream_writable(self) -> None:
         return None
@@ -140,7 +190,7 @@ class _Upstream:
 
 
 class _Session:
-    """One client CONNECT stream: its HTTP exchange, and the upstream stream it uses now."""
+    """One client CONNECT stream: its HTTP exchange, and the upstream its current request uses."""
 
     def __init__(
         self,
@@ -155,17 +205,19 @@ class _Session:
         self.stream_id = stream_id
         self.connect = connect
         self.plan = plan
+        self.request_plan = plan
+        """The current request's plan: `plan` sent to the endpoint balancing chose for it."""
         self.core = HttpExchange(self._decide)
         self.upstream: _Upstream | None = None
-        self.upstream_identity: str | None = None
         self.sent_end = False
         self.got_end = False
         self.finished = False
 
     def _decide(self, method: str, target: str, headers: list[tuple[str, str]]) -> RequestVerdict:
         proxy = self.proxy
+        self.request_plan = proxy.balance(self.plan)
         return decide_http(
-            self.plan, method, target, headers, engine=proxy.engine, jwt=proxy.jwt, now=time.time()
+            self.request_plan, method, target, headers, engine=proxy.engine, jwt=proxy.jwt, now=time.time()
         )
 
     # ---- the client's stream (StreamHandler) -----------------------------------------------
@@ -201,12 +253,15 @@ class _Session:
                         self.tunnel.send_data(self.stream_id, action.data)
             elif isinstance(action, SendUpstream):
                 if self.upstream is None:
-                    self.upstream = _Upstream(self)
-                    self.proxy.tasks.spawn(self._open(self.upstream), name=f"upstream-{self.stream_id}")
+                    self.upstream = self.proxy.checkout_upstream(self, self.request_plan)
                 self.upstream.send(action.data)
+            elif isinstance(action, ReleaseUpstream):
+                if self.upstream is not None:
+                    self.proxy.release_upstream(self.upstream)
+                    self.upstream = None
             elif isinstance(action, CloseUpstream):
                 if self.upstream is not None:
-                    self.upstream.close()
+                    self.proxy.discard_upstream(self.upstream)
                     self.upstream = None
             elif isinstance(action, CloseDownstream):
                 if not self.sent_end:
@@ -214,36 +269,15 @@ class _Session:
                     self.tunnel.end_stream(self.stream_id)
                 self._maybe_release()
             elif isinstance(action, RequestDone):
-                info = SessionInfo(self.connect, self.plan, self.upstream_identity)
+                identity = self.upstream.identity if self.upstream is not None else None
+                info = SessionInfo(self.connect, self.request_plan, identity)
                 self.proxy.record(request_flow(action.exchange, info, self.proxy.world, self.proxy.node))
 
     def upstream_failed(self, upstream: _Upstream, reason: str) -> None:
         if upstream is self.upstream:
             self.upstream = None
-            upstream.close()
+            self.proxy.discard_upstream(upstream)
             self.apply(self.core.upstream_failed(reason, time.time()))
-
-    async def _open(self, upstream: _Upstream) -> None:
-        proxy, plan = self.proxy, self.plan
-        assert plan.target is not None
-        ip, port = plan.upstream
-        key = PoolKey(proxy.identity, upstream_identity(proxy.world, plan.target), (str(ip), port))
-        headers = connect_headers(
-            proxy.baggage,
-            client_ip=self.connect.peer[0],
-            client_port=self.connect.peer[1],
-            service_host=plan.service.hostname if plan.service is not None else None,
-            trace_id=proxy.rng.getrandbits(128) | 1,
-            parent_id=proxy.rng.getrandbits(64) | 1,
-        )
-        try:
-            tunnel = await proxy.pool.checkout(key)
-            if upstream.done:
-                return
-            upstream.tunnel = tunnel
-            upstream.stream_id = proxy.pool.open_stream(tunnel, plan.upstream_authority, headers, upstream)
-        except (IdentityError, OSError, ssl.SSLError, TimeoutError, TunnelClosedError) as exc:
-            self.upstream_failed(upstream, f"connection failure: {exc or repr(exc)}")
 
     # ---- end -------------------------------------------------------------------------------
     def _maybe_release(self) -> None:
@@ -256,7 +290,7 @@ class _Session:
             return
         self.finished = True
         if self.upstream is not None:
-            self.upstream.close()
+            self.proxy.discard_upstream(self.upstream)
             self.upstream = None
         self.proxy.sessions.discard(self)
 
@@ -280,6 +314,7 @@ class WaypointProxy:
         settings: HboneSettings | None = None,
         handshake_timeout: float = 10.0,
         jwt: JwtPolicies | None = None,
+        upstream_idle_timeout: float = UPSTREAM_IDLE_TIMEOUT,
     ) -> None:
         self.waypoint = waypoint
         self.pod = pod
@@ -299,6 +334,12 @@ class WaypointProxy:
         self.tunnels: set[HboneTunnel] = set()
         self.sessions: set[_Session] = set()
         self.connects = 0
+        self.upstream_idle_timeout = upstream_idle_timeout
+        self.generation = 0
+        """Bumped on every policy/world change: older upstream connections are not reused."""
+        self.active: dict[str, int] = {}
+        """Requests in flight per endpoint (pod key), for least-request balancing."""
+        self.idle: dict[UpstreamKey, list[_Upstream]] = {}
         self._server: asyncio.Server | None = None
 
     @property
@@ -307,9 +348,13 @@ class WaypointProxy:
 
     def update_policy(self, engine: PolicyEngine, jwt: JwtPolicies | None = None) -> None:
         """New policies for the next request of every connection (requests are decided one by
-        one, so nothing live needs closing: a request in flight finishes under its verdict)."""
+        one, so nothing live needs closing: a request in flight finishes under its verdict).
+        Idle upstream connections are closed, and busy ones are not reused after their request:
+        endpoints and identities may have changed."""
         self.engine = engine
         self.jwt = jwt if jwt is not None else JwtPolicies(engine.world)
+        self.generation += 1
+        self._close_idle()
 
     def update_jwks(self, jwt: JwtPolicies) -> None:
         """Key sets fetched from `jwksUri`s, for the current policies."""
@@ -317,6 +362,105 @@ class WaypointProxy:
 
     def _pick(self, endpoints: Sequence[Workload]) -> Workload:
         return endpoints[self.rng.randrange(len(endpoints))]
+
+    # ---- upstream connections ----------------------------------------------------------------
+    def balance(self, plan: ConnectPlan) -> ConnectPlan:
+        """One request's plan: Envoy's LEAST_REQUEST (P2C) over the connection's endpoints."""
+        if len(plan.endpoints) < 2:
+            return plan
+        chosen = least_request(plan.endpoints, lambda w: self.active.get(w.key, 0), self.rng.randrange)
+        return plan.to_endpoint(chosen)
+
+    def _upstream_key(self, connect: WaypointConnect, plan: ConnectPlan) -> UpstreamKey:
+        assert plan.target is not None
+        ip, port = plan.upstream
+        pool_key = PoolKey(self.identity, upstream_identity(self.world, plan.target), (str(ip), port))
+        host = plan.service.hostname if plan.service is not None else None
+        return pool_key, plan.upstream_authority, str(connect.peer[0]), connect.peer[1], host
+
+    def checkout_upstream(self, session: _Session, plan: ConnectPlan) -> _Upstream:
+        """An idle connection to the request's endpoint, or a new one (opening in the background);
+        it counts as one active request of the endpoint until released or discarded."""
+        assert plan.target is not None
+        key = self._upstream_key(session.connect, plan)
+        idle = self.idle.get(key, [])
+        upstream = None
+        while idle and upstream is None:
+            candidate = idle.pop()
+            if candidate.idle_timer is not None:
+                candidate.idle_timer.cancel()
+                candidate.idle_timer = None
+            if candidate.done or candidate.tunnel is None or candidate.tunnel.closed:
+                candidate.close()
+            else:
+                upstream = candidate
+        if not idle:
+            self.idle.pop(key, None)
+        if upstream is None:
+            upstream = _Upstream(self, key, plan.target.key)
+            self.tasks.spawn(self._open(upstream, session.connect, plan), name=f"upstream-{plan.target.key}")
+        upstream.session = session
+        upstream.counted = True
+        self.active[upstream.endpoint] = self.active.get(upstream.endpoint, 0) + 1
+        return upstream
+
+    def _uncount(self, upstream: _Upstream) -> None:
+        if upstream.counted:
+            upstream.counted = False
+            left = self.active.get(upstream.endpoint, 0) - 1
+            if left > 0:
+                self.active[upstream.endpoint] = left
+            else:
+                self.active.pop(upstream.endpoint, None)
+
+    def release_upstream(self, upstream: _Upstream) -> None:
+        """Its request is complete and HTTP/1.1 lets it go on: keep it idle for the endpoint's
+        next request, for `upstream_idle_timeout` seconds (unless the world changed meanwhile)."""
+        self._uncount(upstream)
+        upstream.session = None
+        stale = upstream.generation != self.generation or self._server is None
+        if upstream.done or stale or upstream.tunnel is None or upstream.tunnel.closed:
+            upstream.close()
+            return
+        self.idle.setdefault(upstream.key, []).append(upstream)
+        loop = asyncio.get_running_loop()
+        upstream.idle_timer = loop.call_later(self.upstream_idle_timeout, self.discard_upstream, upstream)
+
+    def discard_upstream(self, upstream: _Upstream) -> None:
+        """Close it (its response said close, it failed, it idled out, or it is stale)."""
+        self._uncount(upstream)
+        upstream.session = None
+        idle = self.idle.get(upstream.key)
+        if idle is not None and upstream in idle:
+            idle.remove(upstream)
+            if not idle:
+                del self.idle[upstream.key]
+        upstream.close()
+
+    def _close_idle(self) -> None:
+        for idle in list(self.idle.values()):
+            for upstream in list(idle):
+                self.discard_upstream(upstream)
+        self.idle.clear()
+
+    async def _open(self, upstream: _Upstream, connect: WaypointConnect, plan: ConnectPlan) -> None:
+        pool_key, authority, _, _, host = upstream.key
+        headers = connect_headers(
+            self.baggage,
+            client_ip=connect.peer[0],
+            client_port=connect.peer[1],
+            service_host=host,
+            trace_id=self.rng.getrandbits(128) | 1,
+            parent_id=self.rng.getrandbits(64) | 1,
+        )
+        try:
+            tunnel = await self.pool.checkout(pool_key)
+            if upstream.done:
+                return
+            upstream.tunnel = tunnel
+            upstream.stream_id = self.pool.open_stream(tunnel, authority, headers, upstream)
+        except (IdentityError, OSError, ssl.SSLError, TimeoutError, TunnelClosedError) as exc:
+            upstream.fail(f"connection failure: {exc or repr(exc)}")
 
     async def start(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -332,6 +476,7 @@ class WaypointProxy:
         deadline = time.monotonic() + grace
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        self._close_idle()
         for tunnel in list(self.tunnels):
             tunnel.close()
         self.pool.close()
