@@ -54,8 +54,9 @@ echo
 echo "== reporting -> orders (denied at the waypoint: Envoy's 403 'RBAC: access denied'):"
 step $NM exec --name $NAME shop/reporting -- curl -sS -m 5 -w "\nreporting -> orders: HTTP %{http_code}\n" http://orders.shop:8080/api/v1/orders/7
 echo
-echo "== The flow records of both: per request at the waypoint (with the deciding policy), per"
-echo "== connection at each node proxy (the destination sees the waypoint's identity):"
+echo "== The flow records of both: per request at the waypoint (with the deciding policy) and per"
+echo "== connection at the client's node proxy (the tunnel to the waypoint). The waypoint pools its"
+echo "== upstream connections, so the destination's record comes when that connection closes."
 step $NM observe --name $NAME --last 10
 step $NM down --name $NAME
 trap - EXIT
