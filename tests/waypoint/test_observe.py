@@ -77,3 +77,37 @@ def test_forwarded_request_record_has_the_endpoint_identity_and_the_allowing_pol
     assert body["verdict"] == "FORWARDED" and body["ingress_allowed_by"][0]["name"] == "orders-from-frontend"  # type: ignore[index]
     assert flow.destination.identity == "spiffe://cluster.local/ns/shop/sa/orders"
     assert flow.source.address == str(ipaddress.ip_address(session.connect.peer[0]))
+
+
+def test_request_duration_and_size_histograms_use_envoys_default_buckets() -> None:
+    """Istio's standard HTTP metrics besides the counter: `istio_request_duration_milliseconds`
+    ("the duration of requests"), `istio_request_bytes` / `istio_response_bytes` ("HTTP
+    request/response body sizes"), with the counter's labels; the buckets are Envoy's defaults
+    (`HistogramStatisticsImpl::supportedBuckets`: 0.5, 1, 5, 10, 25, ... 3600000), and `le` is
+    cumulative (a value equal to a bound is counted in that bucket)."""
+    engine, session = _session("shop/frontend-0")
+    verdict = decide_request(
+        session.plan, http_request("GET", "/api/v1/orders/7", [("host", "orders")]), engine
+    )
+    registry = CollectorRegistry()
+    metrics = HttpMetrics(registry)
+    for end, sent, received in ((10.002, 0, 1000), (10.030, 5, 1001)):  # 2 ms and 30 ms
+        exchange = Exchange("GET", "/api/v1/orders/7", 10.0, end, verdict, 200, sent, received)
+        assert metrics.record(request_flow(exchange, session, engine.world, "node-0"))
+    text = generate_latest(registry).decode()
+
+    def bucket(name: str, le: str) -> float:
+        line = next(
+            ln for ln in text.splitlines() if ln.startswith(f"{name}_bucket{{") and f'le="{le}"' in ln
+        )
+        assert 'reporter="waypoint"' in line and 'response_code="200"' in line
+        return float(line.rsplit(" ", 1)[1])
+
+    duration = "istio_request_duration_milliseconds"
+    assert [bucket(duration, le) for le in ("1", "5", "25", "50", "+Inf")] == [0, 1, 1, 2, 2]
+    assert [bucket("istio_request_bytes", le) for le in ("0.5", "5", "10")] == [1, 2, 2]
+    assert [bucket("istio_response_bytes", le) for le in ("500", "1000", "2500")] == [0, 1, 2]
+    total = next(ln for ln in text.splitlines() if ln.startswith(f"{duration}_sum{{"))
+    assert abs(float(total.rsplit(" ", 1)[1]) - 32.0) < 1e-3  # float seconds -> ns -> ms
+    count = next(ln for ln in text.splitlines() if ln.startswith(f"{duration}_count{{"))
+    assert float(count.rsplit(" ", 1)[1]) == 2

@@ -11,21 +11,24 @@ labels: `reporter="waypoint"` (as `IS:tests/integration/ambient/baseline_test.go
 the source and destination workload/principal labels of ztunnel's `CommonTrafficLabels`
 (`observe.metrics.tcp_labels`), `request_protocol="http"`, `response_code`,
 `grpc_response_status` (empty: no gRPC), `response_flags`, `connection_security_policy`
-(`mutual_tls`). Left out: `istio_request_duration_milliseconds` and the request/response size
-histograms.
+(`mutual_tls`); and the three standard histograms with the same labels,
+`istio_request_duration_milliseconds` ("the duration of requests"), `istio_request_bytes` and
+`istio_response_bytes` ("HTTP request/response body sizes"), bucketed as Envoy buckets every
+histogram by default (`HistogramStatisticsImpl::supportedBuckets`: 0.5, 1, 5, ... 3600000).
 
 Pure, except `HttpMetrics`, a prometheus-client collector with its own lock (like `TcpMetrics`).
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from nodemesh.model.world import World
@@ -49,6 +52,34 @@ __all__ = ["HTTP_LABELS", "HttpMetrics", "SessionInfo", "connect_flow", "http_la
 
 _REQUESTS = "istio_requests"
 _HELP = "Incremented for every request handled by an Istio proxy"
+_HISTOGRAMS = {
+    "istio_request_duration_milliseconds": "This is a histogram of the duration of requests",
+    "istio_request_bytes": "This is a histogram of HTTP request body sizes",
+    "istio_response_bytes": "This is a histogram of HTTP response body sizes",
+}
+BUCKETS = (
+    0.5,
+    1,
+    5,
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1000,
+    2500,
+    5000,
+    10000,
+    30000,
+    60000,
+    300000,
+    600000,
+    1800000,
+    3600000,
+)
+"""Envoy's default histogram buckets (`HistogramStatisticsImpl::supportedBuckets`), which Istio's
+request histograms use unless a proxy is told otherwise."""
 HTTP_LABELS = (*LABELS[:-2], "response_code", "grpc_response_status", *LABELS[-2:])
 """`LABELS` with `response_code` and `grpc_response_status` before `response_flags`."""
 
@@ -150,13 +181,37 @@ def http_labels(flow: Flow, cluster_domain: str = "cluster.local") -> tuple[str,
     return (*base[:-2], code, "", *base[-2:])
 
 
+class _Histogram:
+    """One label set's observations: a count per bucket (the last one is +Inf) and their sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative counts per upper bound, as the exposition format wants them."""
+        out, running = [], 0
+        for bound, count in zip((*(str(b) for b in BUCKETS), "+Inf"), self.counts, strict=True):
+            running += count
+            out.append((bound, float(running)))
+        return out
+
+
 class HttpMetrics(Collector):
-    """`istio_requests_total` of one waypoint, fed with its L7 flow records. Thread-safe."""
+    """`istio_requests_total` and the request duration and size histograms of one waypoint, fed
+    with its L7 flow records. Thread-safe."""
 
     def __init__(self, registry: CollectorRegistry, *, cluster_domain: str = "cluster.local") -> None:
         self.cluster_domain = cluster_domain
         self._lock = threading.Lock()
         self._values: dict[tuple[str, ...], float] = {}
+        self._histograms: dict[str, dict[tuple[str, ...], _Histogram]] = {name: {} for name in _HISTOGRAMS}
         registry.register(self)
 
     def record(self, flow: Flow) -> bool:
@@ -164,8 +219,15 @@ class HttpMetrics(Collector):
         if flow.http is None:
             return False
         key = http_labels(flow, self.cluster_domain)
+        observed = (
+            ("istio_request_duration_milliseconds", flow.http.latency_ns / 1e6),
+            ("istio_request_bytes", float(flow.bytes_sent)),
+            ("istio_response_bytes", float(flow.bytes_received)),
+        )
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + 1
+            for name, value in observed:
+                self._histograms[name].setdefault(key, _Histogram()).observe(value)
         return True
 
     def value(self, labels: tuple[str, ...]) -> float:
@@ -173,12 +235,24 @@ class HttpMetrics(Collector):
             return self._values.get(labels, 0.0)
 
     def describe(self) -> Iterable[Metric]:
-        return [CounterMetricFamily(_REQUESTS, _HELP, labels=HTTP_LABELS)]
+        return [
+            CounterMetricFamily(_REQUESTS, _HELP, labels=HTTP_LABELS),
+            *(HistogramMetricFamily(name, text, labels=HTTP_LABELS) for name, text in _HISTOGRAMS.items()),
+        ]
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
             snapshot = dict(self._values)
+            histograms = {
+                name: {key: (h.buckets(), h.total) for key, h in series.items()}
+                for name, series in self._histograms.items()
+            }
         family = CounterMetricFamily(_REQUESTS, _HELP, labels=HTTP_LABELS)
         for key, value in sorted(snapshot.items()):
             family.add_metric(list(key), value)
         yield family
+        for name, series in histograms.items():
+            hist = HistogramMetricFamily(name, _HISTOGRAMS[name], labels=HTTP_LABELS)
+            for key, (buckets, total) in sorted(series.items()):
+                hist.add_metric(list(key), buckets, total)
+            yield hist
