@@ -166,7 +166,8 @@ def test_frontend_allowed_reporting_and_delete_denied_with_rbac_403(shop: Cluste
 def test_observe_names_the_deciding_policy_and_metrics_report_waypoint(shop: Cluster) -> None:
     """The waypoint writes one L7 flow record per request (reporter `waypoint`); a deny carries
     the deciding AuthorizationPolicy. Istio's `istio_requests_total` is reported with
-    `reporter="waypoint"` and `response_code` (IS:tests/integration/ambient/baseline_test.go)."""
+    `reporter="waypoint"` and `response_code` (IS:tests/integration/ambient/baseline_test.go),
+    with the request duration and size histograms beside it (Envoy's default buckets)."""
     _http(shop, "shop/reporting", "GET", f"{ORDERS}/api/v1/orders/8")
     _http(shop, "shop/frontend", "GET", f"{ORDERS}/api/v1/orders/8")
     flows = [f for f in _waypoint_flows(shop) if f["l7"]["http"]["url"] == "/api/v1/orders/8"]  # type: ignore[index]
@@ -191,6 +192,15 @@ def test_observe_names_the_deciding_policy_and_metrics_report_waypoint(shop: Clu
         for line in lines
     ), lines
     assert any('response_code="200"' in line and 'source_workload="frontend"' in line for line in lines)
+    durations = [
+        ln for ln in metrics.splitlines() if ln.startswith("istio_request_duration_milliseconds_count{")
+    ]
+    assert any('response_code="200"' in ln and float(ln.rsplit(" ", 1)[1]) >= 1 for ln in durations), (
+        durations
+    )
+    assert any(
+        ln.startswith("istio_response_bytes_bucket{") and 'le="3600000"' in ln for ln in metrics.splitlines()
+    )
 
 
 def test_one_keep_alive_connection_is_balanced_per_request_over_both_endpoints(shop: Cluster) -> None:
