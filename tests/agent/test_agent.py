@@ -187,8 +187,12 @@ def test_certificates_verify_against_the_pushed_bundle_with_san_and_lifetime(tmp
 
 def test_certificates_rotate_before_expiry_with_jitter(tmp_path: Path) -> None:
     """Renewal at half the lifetime +/- Istio's 1% jitter: before the refresh time nothing is
-    renewed; after it (still before expiry) the agent obtains a new certificate."""
-    now = [datetime.now(UTC)]
+    renewed; after it (still before expiry) the agent obtains a new certificate.
+
+    The agent's clock starts 30 s ahead of the control plane's: X.509 times are whole seconds,
+    so a clock read just before the CA signs could fall before the certificate's `notBefore`
+    when a second boundary passes in between (a flake seen under CI load)."""
+    now = [datetime.now(UTC) + timedelta(seconds=30)]
 
     async def body(cp: ControlPlane) -> None:
         rev = cp.apply_manifests(read_manifests([str(SHOP)])).revision
