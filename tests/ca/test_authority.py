@@ -42,7 +42,7 @@ def test_svid_has_exactly_one_uri_san_and_default_24h_lifetime(ca: CertificateAu
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     assert san.critical  # RFC 5280 §4.2.1.6: an empty subject needs a critical SAN
     assert leaf.subject == x509.Name([])
-    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == timedelta(hours=24)
+    assert leaf.not_valid_after_utc == NOW + timedelta(hours=24)
     assert not leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert len(issued.chain_pem) == 2 and issued.chain_pem[-1] == ca.signer.cert_pem  # leaf first, root last
     root_key = ca.signer.cert.public_key()
@@ -69,7 +69,20 @@ def test_lifetime_above_the_maximum_is_refused(ca: CertificateAuthority) -> None
     with pytest.raises(CertificateRequestError, match="greater than the max allowed TTL"):
         ca.sign_workload(build_csr(generate_key(), ORDERS), ORDERS, NOW, timedelta(days=91))
     short = ca.sign_workload(build_csr(generate_key(), ORDERS), ORDERS, NOW, timedelta(hours=1))
-    assert short.not_after - short.not_before == timedelta(hours=1)
+    assert short.not_after == NOW + timedelta(hours=1)
+
+
+def test_certificates_are_valid_from_two_minutes_before_signing(ca: CertificateAuthority) -> None:
+    """istio/istio#32176 "Handle clock skew in CA signing": `NotBefore:
+    now.Add(-ClockSkewGracePeriod)` (2 minutes), `NotAfter: now.Add(ttl)`: a verifier whose clock
+    is up to 2 minutes behind the CA's accepts a fresh SVID; the lifetime still ends at now + ttl."""
+    issued = ca.sign_workload(build_csr(generate_key(), ORDERS), ORDERS, NOW)
+    assert issued.not_before == NOW - timedelta(minutes=2)
+    assert issued.not_after == NOW + timedelta(hours=24)
+    chain = load_pem_chain("".join(issued.chain_pem))
+    assert ca.bundle.verify(chain, NOW - timedelta(seconds=90)) == ORDERS  # a verifier 90 s behind
+    with pytest.raises(CertificateRequestError, match="not valid"):
+        ca.bundle.verify(chain, NOW - timedelta(minutes=3))
 
 
 def test_garbage_csr_is_refused(ca: CertificateAuthority) -> None:

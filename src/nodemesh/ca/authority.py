@@ -50,6 +50,11 @@ __all__ = [
 DEFAULT_LIFETIME = timedelta(hours=24)
 MAX_LIFETIME = timedelta(days=90)
 ROOT_LIFETIME = timedelta(days=3650)
+CLOCK_SKEW_GRACE = timedelta(minutes=2)
+"""Certificates are valid from this long before they are signed (Istio `ClockSkewGracePeriod`,
+istio/istio#32176 "Handle clock skew in CA signing": `NotBefore: now.Add(-ClockSkewGracePeriod)`,
+`NotAfter: now.Add(ttl)`): a node whose clock is a little behind the CA's must not find a fresh
+SVID "not yet valid" (X.509 times are whole seconds, so even the same clock can be a second behind)."""
 NODE_LIFETIME = timedelta(days=365)
 SERVER_NAMES = ("istiod.istio-system.svc", "localhost")
 
@@ -117,7 +122,7 @@ class RootCA:
             .issuer_name(name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
+            .not_valid_before(now - CLOCK_SKEW_GRACE)
             .not_valid_after(now + ROOT_LIFETIME)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
@@ -318,7 +323,7 @@ class CertificateAuthority:
             .issuer_name(issuer.subject)
             .public_key(public_key)
             .serial_number(self.serials())
-            .not_valid_before(now)
+            .not_valid_before(now - CLOCK_SKEW_GRACE)
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
@@ -343,7 +348,8 @@ class CertificateAuthority:
     ) -> IssuedCertificate:
         cert = builder.sign(self.signer.key, hashes.SHA256())
         leaf = cert.public_bytes(serialization.Encoding.PEM).decode()
-        return IssuedCertificate((leaf, self.signer.cert_pem), now, now + lifetime, cert.serial_number)
+        not_before = now - CLOCK_SKEW_GRACE
+        return IssuedCertificate((leaf, self.signer.cert_pem), not_before, now + lifetime, cert.serial_number)
 
 
 def _csr_uris(csr: x509.CertificateSigningRequest) -> list[str]:
