@@ -65,7 +65,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchlib import Row, cpu_seconds, ratio, rss_mib
+from benchlib import Row, TlsRoute, cpu_seconds, haproxy_mtls_pair, ratio, rss_mib
 
 CLI = [sys.executable, "-m", "nodemesh.cli.main"]
 TESTBED = [sys.executable, "-m", "nodemesh.nodeproxy.testbed"]
@@ -233,52 +233,6 @@ spec: {{nodes: 2, mode: ambient}}
         + pod("server-amb", "node-1", True, True)
         + "".join(pod(f"idle-{i}", "node-0", True, False) for i in range(idle_pods))
     )
-
-
-def haproxy_client_cfg(d: Path, server_node_ip: str) -> str:
-    tls = f"ssl crt {d}/client.crt ca-file {d}/bundle.pem verify required ssl-min-ver TLSv1.3 no-ssl-reuse"
-    return f"""global
-    nbthread 1
-    maxconn 8000
-defaults
-    mode tcp
-    timeout client 60s
-    timeout server 60s
-    timeout connect 5s
-frontend http
-    bind :{HP_HTTP}
-    default_backend http
-frontend bulk
-    bind :{HP_BULK}
-    default_backend bulk
-backend http
-    server s {server_node_ip}:{HP_TLS_HTTP} {tls}
-backend bulk
-    server s {server_node_ip}:{HP_TLS_BULK} {tls}
-"""
-
-
-def haproxy_server_cfg(d: Path, server_pod_ip: str) -> str:
-    tls = f"ssl crt {d}/server.crt ca-file {d}/bundle.pem verify required ssl-min-ver TLSv1.3"
-    return f"""global
-    nbthread 1
-    maxconn 8000
-defaults
-    mode tcp
-    timeout client 60s
-    timeout server 60s
-    timeout connect 5s
-frontend http
-    bind :{HP_TLS_HTTP} {tls}
-    default_backend http
-frontend bulk
-    bind :{HP_TLS_BULK} {tls}
-    default_backend bulk
-backend http
-    server o {server_pod_ip}:{STATIC_PORT}
-backend bulk
-    server o {server_pod_ip}:{DISCARD_PORT}
-"""
 
 
 # ---- the cluster -------------------------------------------------------------------------------
@@ -456,8 +410,28 @@ def bench(
             gateway0 = pod_cidr0.split("/")[0].rsplit(".", 1)[0] + ".1"
             proxies = {p["node"]: host_pid(init_pid, int(p["pid"])) for p in status["node_proxies"]}
             nm_pids = [proxies["node-0"], proxies["node-1"]]
-            (d / "c.cfg").write_text(haproxy_client_cfg(d, underlay["node-1"]))
-            (d / "s.cfg").write_text(haproxy_server_cfg(d, ip["server-plain"]))
+            node1, plain_ip = underlay["node-1"], ip["server-plain"]
+            client_cfg, server_cfg = haproxy_mtls_pair(
+                d,
+                [
+                    TlsRoute(
+                        "http",
+                        f":{HP_HTTP}",
+                        f"{node1}:{HP_TLS_HTTP}",
+                        f":{HP_TLS_HTTP}",
+                        f"{plain_ip}:{STATIC_PORT}",
+                    ),
+                    TlsRoute(
+                        "bulk",
+                        f":{HP_BULK}",
+                        f"{node1}:{HP_TLS_BULK}",
+                        f":{HP_TLS_BULK}",
+                        f"{plain_ip}:{DISCARD_PORT}",
+                    ),
+                ],
+            )
+            (d / "c.cfg").write_text(client_cfg)
+            (d / "s.cfg").write_text(server_cfg)
             for cfg in ("c.cfg", "s.cfg"):
                 subprocess.run(["haproxy", "-c", "-q", "-f", str(d / cfg)], check=True)
             with contextlib.ExitStack() as stack:

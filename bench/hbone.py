@@ -43,13 +43,29 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from benchlib import Row, cpu_seconds, ratio, rss_mib
+from benchlib import Row, TlsRoute, cpu_seconds, haproxy_mtls_pair, ratio, rss_mib
 
 CLIENT_IP, SERVER_IP = "127.0.60.5", "127.0.60.10"
 APP_PORT, BULK_PORT = 18080, 18090
 HAPROXY_PORT, HAPROXY_BULK_PORT, HAPROXY_TLS_PORT, HAPROXY_TLS_BULK_PORT = 25001, 25002, 25008, 25009
 NM_PORT, NM_BULK_PORT, NM_NOPOOL_PORT = 15001, 15002, 15003
 TESTBED = [sys.executable, "-m", "nodemesh.nodeproxy.testbed"]
+HAPROXY_ROUTES = (
+    TlsRoute(
+        "http",
+        f"{CLIENT_IP}:{HAPROXY_PORT}",
+        f"{SERVER_IP}:{HAPROXY_TLS_PORT}",
+        f"{SERVER_IP}:{HAPROXY_TLS_PORT}",
+        f"{SERVER_IP}:{APP_PORT}",
+    ),
+    TlsRoute(
+        "bulk",
+        f"{CLIENT_IP}:{HAPROXY_BULK_PORT}",
+        f"{SERVER_IP}:{HAPROXY_TLS_BULK_PORT}",
+        f"{SERVER_IP}:{HAPROXY_TLS_BULK_PORT}",
+        f"{SERVER_IP}:{BULK_PORT}",
+    ),
+)
 BODY = "x" * 1024
 
 
@@ -210,52 +226,6 @@ frontend origin
 """
 
 
-def haproxy_client_cfg(d: Path) -> str:
-    tls = f"ssl crt {d}/client.crt ca-file {d}/bundle.pem verify required ssl-min-ver TLSv1.3 no-ssl-reuse"
-    return f"""global
-    nbthread 1
-    maxconn 8000
-defaults
-    mode tcp
-    timeout client 60s
-    timeout server 60s
-    timeout connect 5s
-frontend http
-    bind {CLIENT_IP}:{HAPROXY_PORT}
-    default_backend http
-frontend bulk
-    bind {CLIENT_IP}:{HAPROXY_BULK_PORT}
-    default_backend bulk
-backend http
-    server s {SERVER_IP}:{HAPROXY_TLS_PORT} {tls}
-backend bulk
-    server s {SERVER_IP}:{HAPROXY_TLS_BULK_PORT} {tls}
-"""
-
-
-def haproxy_server_cfg(d: Path) -> str:
-    tls = f"ssl crt {d}/server.crt ca-file {d}/bundle.pem verify required ssl-min-ver TLSv1.3"
-    return f"""global
-    nbthread 1
-    maxconn 8000
-defaults
-    mode tcp
-    timeout client 60s
-    timeout server 60s
-    timeout connect 5s
-frontend http
-    bind {SERVER_IP}:{HAPROXY_TLS_PORT} {tls}
-    default_backend http
-frontend bulk
-    bind {SERVER_IP}:{HAPROXY_TLS_BULK_PORT} {tls}
-    default_backend bulk
-backend http
-    server o {SERVER_IP}:{APP_PORT}
-backend bulk
-    server o {SERVER_IP}:{BULK_PORT}
-"""
-
-
 # ---- the run ---------------------------------------------------------------------------------
 def measure_http(row: Row, url: str, pids: Sequence[int], duration: int) -> None:
     for conns in (1, 32):
@@ -289,8 +259,9 @@ def run(duration: int, new_count: int, bulk_seconds: float) -> list[Row]:
         with contextlib.ExitStack() as stack:
             stack.enter_context(started(haproxy(origin_cfg(), d / "origin.cfg"), ready=None))
             wait_port(SERVER_IP, APP_PORT)
-            hp_client = stack.enter_context(started(haproxy(haproxy_client_cfg(d), d / "c.cfg"), ready=None))
-            hp_server = stack.enter_context(started(haproxy(haproxy_server_cfg(d), d / "s.cfg"), ready=None))
+            client_cfg, server_cfg = haproxy_mtls_pair(d, HAPROXY_ROUTES)
+            hp_client = stack.enter_context(started(haproxy(client_cfg, d / "c.cfg"), ready=None))
+            hp_server = stack.enter_context(started(haproxy(server_cfg, d / "s.cfg"), ready=None))
             wait_port(CLIENT_IP, HAPROXY_PORT)
             serve = [*TESTBED, "serve", str(d)]
             nm_server = stack.enter_context(started([*serve, "--role", "server", *addrs]))
