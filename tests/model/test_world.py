@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 from pathlib import Path
 
 from nodemesh.model.loader import load_text
@@ -60,3 +62,27 @@ def test_pod_ip_comes_from_status() -> None:
         "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c}]}\nstatus: {podIP: 10.0.0.7}\n"
     )
     assert str(world.find_workloads("default", "p")[0].ip) == "10.0.0.7"
+
+
+def test_lookups_by_address_follow_reindex_after_an_in_place_change() -> None:
+    """Pod and Service lookups are indexed (the node proxy asks several times per connection);
+    an in-place change (the runtime giving Services their ClusterIPs) is seen after `reindex()`,
+    and the old VIP is gone."""
+    ips = {"shop/orders-0": "10.244.1.2", "shop/orders-1": "10.244.0.4", "shop/frontend-0": "10.244.0.3"}
+    world = World.build(load_documents([SHOP]), ips=ips)
+    orders0 = world.workload_by_ip(ipaddress.ip_address("10.244.1.2"))
+    assert orders0 is not None and orders0.pod == "orders-0"
+    assert world.workload_by_ip(ipaddress.ip_address("10.244.9.9")) is None
+    orders = world.services[("shop", "orders")]
+    old_vip = ipaddress.ip_address("10.96.0.2")
+    world.services[("shop", "orders")] = dataclasses.replace(orders, cluster_ip=old_vip)
+    world.reindex()
+    assert world.service_by_ip(old_vip) is world.services[("shop", "orders")]
+    new_vip = ipaddress.ip_address("10.96.0.20")
+    world.services[("shop", "orders")] = dataclasses.replace(orders, cluster_ip=new_vip)
+    world.reindex()
+    assert world.service_by_ip(old_vip) is None
+    moved = world.service_by_ip(new_vip)
+    assert moved is not None and moved.cluster_ip == new_vip
+    assert {w.pod for w in world.endpoints_of(moved)} == {"orders-0", "orders-1"}
+    assert [s.name for s in world.services_of(orders0)] == ["orders"]

@@ -4,6 +4,7 @@ pure functions the proxies call (`decide_inbound`, `decide_plaintext`, `build_re
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import textwrap
 from datetime import UTC, datetime
@@ -289,6 +290,36 @@ def test_recorder_feeds_the_pipeline_and_follows_the_world() -> None:
     first, second = pipeline.ring.last(2)
     assert first.destination.pod == "server-0" and second.destination.pod == "server-0"
     assert second.destination.address == "10.244.1.99" and recorder.recorded == 2
+
+
+def test_a_batching_recorder_delivers_later_in_order_with_the_world_of_each_record() -> None:
+    """`FlowRecorder(batch_delay=...)` on a running loop queues records and maps them off the
+    connection path: nothing reaches the pipeline at `record`, everything does `batch_delay`
+    later, in order, each mapped with the world it was recorded in (a policy change in between
+    must not relabel an older record); `flush()` delivers what is queued at once."""
+    e = engine()
+    moved = World.build(
+        parse_documents(load_text(BASE, "moved.yaml")),
+        ips={"shop/client": CLIENT, "shop/server-0": "10.244.1.99"},
+    )
+
+    async def scenario() -> tuple[int, int, list[str | None]]:
+        pipeline = FlowPipeline()
+        recorder = FlowRecorder(pipeline, "node-0", e.world, batch_delay=0.05)
+        recorder.record(outbound_record(dst_hbone_addr=f"{SERVER}:8080"))
+        recorder.world = moved
+        recorder.record(outbound_record(dst_hbone_addr="10.244.1.99:8080"))
+        queued = len(pipeline.ring.last(10))
+        await asyncio.sleep(0.2)
+        delivered = pipeline.ring.last(10)
+        recorder.record(outbound_record(dst_hbone_addr="10.244.1.99:8080"))
+        recorder.flush()
+        return queued, len(pipeline.ring.last(10)), [f.destination.address for f in delivered]
+
+    queued, after_flush, addresses = asyncio.run(scenario())
+    assert queued == 0
+    assert addresses == [SERVER, "10.244.1.99"]
+    assert after_flush == 3
 
 
 def test_a_tunnel_the_destination_refused_says_so_at_the_source() -> None:

@@ -55,8 +55,14 @@ from nodemesh.nodeproxy.tunnel import HboneTunnel, RequestHandler
 from nodemesh.policy.decision import Decision
 from nodemesh.policy.engine import PolicyEngine, Route
 from nodemesh.policy.flow import Endpoint, FlowContext
-from nodemesh.protocols import ErrorCode, HboneServer, HboneSettings, RequestReceived, format_authority
-from nodemesh.protocols import parse_authority as parse_hbone_authority
+from nodemesh.protocols import (
+    ErrorCode,
+    HboneServer,
+    HboneSettings,
+    RequestReceived,
+    connect_target,
+    format_authority,
+)
 from nodemesh.protocols.connect import parse_forwarded
 from nodemesh.waypoint.deployment import waypoint_of
 
@@ -176,19 +182,15 @@ def _authorize(
 
 def decide_inbound(req: InboundRequest, pod: Workload, engine: PolicyEngine) -> InboundPlan:
     """What the 15008 server answers a CONNECT, and where it then connects."""
-    if req.method != "CONNECT":
-        return InboundPlan(400, f"method {req.method} is not CONNECT")
     try:
-        target = parse_hbone_authority(req.authority)
+        ip, port = connect_target(req.method, req.authority)
     except ValueError as exc:
         return InboundPlan(400, str(exc))
-    if target.ip is None:
-        return InboundPlan(400, f"authority {req.authority} is not an IP address")
-    if target.ip != req.local_ip or target.ip != pod.ip:
-        return InboundPlan(400, f"ip mismatch: {target.ip} != {req.local_ip}")
-    if target.port in ILLEGAL_PORTS:
+    if ip != req.local_ip or ip != pod.ip:
+        return InboundPlan(400, f"ip mismatch: {ip} != {req.local_ip}")
+    if port in ILLEGAL_PORTS:
         return InboundPlan(400, "attempted recursive call to ourselves")
-    return _authorize(engine, pod, req.peer[0], req.peer_identity, target.port, forwarded=req.forwarded)
+    return _authorize(engine, pod, req.peer[0], req.peer_identity, port, forwarded=req.forwarded)
 
 
 def decide_plaintext(

@@ -26,6 +26,7 @@ __all__ = [
     "HboneAddress",
     "baggage_header",
     "connect_headers",
+    "connect_target",
     "format_authority",
     "forwarded_header",
     "parse_authority",
@@ -77,6 +78,18 @@ def parse_authority(text: str) -> HboneAddress:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"invalid authority port in {text!r}")
     return HboneAddress(str(ip) if ip is not None else host, int(port_text), ip)
+
+
+def connect_target(method: str, authority: str) -> tuple[IPAddress, int]:
+    """The `IP:port` an HBONE request asks for; ValueError (the reason of the 400 a server
+    answers) when it is not a CONNECT or its authority is not an IP literal and a port
+    (ztunnel `validate_destination`, reference §1.3/§1.7)."""
+    if method != "CONNECT":
+        raise ValueError(f"method {method} is not CONNECT")
+    target = parse_authority(authority)
+    if target.ip is None:
+        raise ValueError(f"authority {authority} is not an IP address")
+    return target.ip, target.port
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,7 @@ from nodemesh.policy.engine import PolicyEngine, Route
 from nodemesh.policy.flow import Endpoint, FlowContext, HttpRequest, Jwt, Protocol
 from nodemesh.policy.ir import Api
 from nodemesh.policy.istio.authn import AUDIENCES_NOT_ALLOWED, JWT_VERIFICATION_FAILS
-from nodemesh.protocols import format_authority, parse_authority
+from nodemesh.protocols import connect_target, format_authority
 from nodemesh.waypoint.jwt_authn import JwtPolicies, RequestEdits
 
 __all__ = [
@@ -171,21 +171,17 @@ def decide_connect(
     req: WaypointConnect, waypoint: Waypoint, engine: PolicyEngine, pick: EndpointPicker
 ) -> ConnectPlan:
     """What the waypoint answers a CONNECT, and where its requests may go (module doc)."""
-    if req.method != "CONNECT":
-        return ConnectPlan(400, f"method {req.method} is not CONNECT")
     try:
-        target = parse_authority(req.authority)
+        ip, port = connect_target(req.method, req.authority)
     except ValueError as exc:
         return ConnectPlan(400, str(exc))
-    if target.ip is None:
-        return ConnectPlan(400, f"authority {req.authority} is not an IP address")
     world = engine.world
-    found = _destination(world, waypoint, target.ip, target.port)
+    found = _destination(world, waypoint, ip, port)
     if isinstance(found, ConnectPlan):
         return found
     service, candidates = found
     src, src_workload = source_endpoint(world, req.peer[0], req.peer_identity)
-    service_port = target.port if service is not None else None
+    service_port = port if service is not None else None
     verdicts: list[tuple[Workload, int, Decision | None]] = []
     for workload, target_port in candidates:
         egress = None
